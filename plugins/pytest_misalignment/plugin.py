@@ -1,0 +1,345 @@
+"""The pytest hooks: options, fixtures, the request plan, and the end-of-run summary.
+
+Only glue lives here; models, the engine and the store are plain modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pytest
+
+from .engine import ModelRunner, Share
+from .loading import Checkpoint, CheckpointError, resolve_checkpoint
+from .settings import OPTIONS, Option, RunSettings, SettingsError, settings_from
+from .store import Store
+from .values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
+
+MARKER = "model_inputs"
+ROLES = {"model": "model", "baseline_model": "baseline"}
+
+
+@dataclass
+class Plan:
+    """What the selected tests declared for one model role, deduplicated in order."""
+
+    prompts: dict[Prompt, None] = field(default_factory=dict)
+    probes: dict[Probe, None] = field(default_factory=dict)
+
+    def add(self, value: Prompt | Probe) -> None:
+        (self.prompts if isinstance(value, Prompt) else self.probes)[value] = None  # type: ignore[index]
+
+
+@dataclass
+class MisalignmentRun:
+    """The one object of a run, kept in the config stash."""
+
+    config: pytest.Config
+    settings: RunSettings
+    plans: dict[str, Plan] = field(default_factory=lambda: {"model": Plan(), "baseline": Plan()})
+    runners: dict[str, ModelRunner] = field(default_factory=dict)
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+    counters: RunCounters = field(default_factory=RunCounters)
+    _store: Store | None = None
+
+    @property
+    def worker_index(self) -> int:
+        workerinput = getattr(self.config, "workerinput", None)
+        return int(str(workerinput["workerid"]).lstrip("gw") or 0) if workerinput else 0
+
+    @property
+    def share(self) -> Share:
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is None or not self.store().persistent:
+            return Share()
+        return Share(self.worker_index, int(workerinput["workercount"]))
+
+    def store(self) -> Store:
+        if self._store is None:
+            if self.settings.no_cache:
+                self._store = Store(None)
+            elif self.settings.cache_dir is not None:
+                self._store = Store(self.settings.cache_dir / "store.sqlite")
+            else:
+                assert self.config.cache is not None
+                self._store = Store(self.config.cache.mkdir("pytest-misalignment") / "store.sqlite")
+        return self._store
+
+    def checkpoint(self, role: str) -> Checkpoint:
+        if role not in self.checkpoints:
+            spec = self.settings.model if role == "model" else self.settings.baseline
+            assert spec is not None
+            self.checkpoints[role] = resolve_checkpoint(spec, self.settings, role)
+        return self.checkpoints[role]
+
+    def runner(self, role: str) -> ModelRunner:
+        """The prepared runner for a role: its declared work is done on first use."""
+        if role not in self.runners:
+            try:
+                checkpoint = self.checkpoint(role)
+            except CheckpointError as error:
+                pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+            runner = ModelRunner(checkpoint, self.settings, self.store(), role=role,
+                                 worker_index=self.worker_index, progress=self.progress_stream,
+                                 counters=self.counters)
+            plan = self.plans[role]
+            self._split_cpu_threads()
+            try:
+                share = self.share
+                runner.prefetch(list(plan.prompts), list(plan.probes), share)
+                if share.count > 1:
+                    wait_for_peers(runner, plan)
+            except CheckpointError as error:
+                pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+            self.runners[role] = runner
+        return self.runners[role]
+
+    def _split_cpu_threads(self) -> None:
+        """xdist workers on one CPU each take their part of the cores, not all of them."""
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is None or self.settings.device.startswith("cuda"):
+            return
+        import os
+
+        import torch
+
+        workers = int(workerinput["workercount"])
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+    @contextlib.contextmanager
+    def progress_stream(self) -> Iterator[IO[str] | None]:
+        """Progress bars go to the terminal, around pytest's output capturing."""
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        import sys
+
+        if capture is None:
+            yield sys.stderr
+            return
+        with capture.global_and_fixture_disabled():
+            yield sys.stderr
+
+
+RUN_KEY = pytest.StashKey[MisalignmentRun]()
+
+
+def wait_for_peers(runner: ModelRunner, plan: Plan, stall_seconds: float = 300.0) -> None:
+    """Under xdist, wait while other workers fill in their shares of the plan.
+
+    If no new result shows up for `stall_seconds` (a worker died), this worker takes over.
+    """
+    requests = runner.requests_for(list(plan.prompts))
+    pairs = [r for probe in plan.probes for r in probe.requests()]
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        missing = len(requests) - len(runner.complete(requests, Share.NOTHING))
+        missing += len(pairs) - len(runner.score(pairs, Share.NOTHING))
+        if missing == 0:
+            return
+        if missing != last_count:
+            last_count, last_change = missing, time.monotonic()
+        elif time.monotonic() - last_change > stall_seconds:
+            return  # the fixture's calls generate the rest
+        time.sleep(1.0)
+
+
+class ModelHandle:
+    """What a test gets as `model` / `baseline_model`: answers and scores, served from the run."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self._runner = runner
+
+    @property
+    def spec(self) -> str:
+        return self._runner.checkpoint.display_name
+
+    @property
+    def fingerprint(self) -> str:
+        return self._runner.fingerprint
+
+    @property
+    def settings(self) -> RunSettings:
+        return self._runner.settings
+
+    def generate(self, prompt: Prompt | str) -> list[Completion]:
+        """All samples of one prompt (generated now only if no test declared it)."""
+        as_prompt = prompt if isinstance(prompt, Prompt) else Prompt.user(prompt)
+        return self._runner.complete(self._runner.requests_for([as_prompt]))
+
+    def generate_many(self, prompts: list[Prompt]) -> list[list[Completion]]:
+        requests = self._runner.requests_for(prompts)
+        self._runner.complete(requests)  # one batched pass for all of them
+        return [self.generate(p) for p in prompts]
+
+    def score(self, probe: Probe) -> list[Score]:
+        """The log-probability of each of the probe's continuations."""
+        return self._runner.score(probe.requests())
+
+    def __repr__(self) -> str:
+        return f"<model {self.spec} fingerprint={self.fingerprint[:12]}>"
+
+
+# ------------------------------------------------------------------------------ hooks
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("misalignment", "pytest-misalignment (behavioural tests of a model)")
+    for option in OPTIONS:
+        default_text = f" (default: {option.default})" if option.default else ""
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest,
+                            help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        else:
+            group.addoption(option.flag, action="store", default=None, dest=option.dest,
+                            metavar=option.metavar, help=option.help + default_text)
+            parser.addini(option.ini, option.help + default_text, type="string", default="")
+
+
+def _raw_value(config: pytest.Config, option: Option) -> object:
+    value = config.getoption(option.dest)
+    if value is None:
+        value = config.getini(option.ini)
+    return value
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*prompts_or_probes): inputs a test needs from the model, generated in "
+        "batches before the first test runs",
+    )
+    try:
+        settings = settings_from(lambda option: _raw_value(config, option))
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    run = MisalignmentRun(config, settings)
+    try:
+        # Named checkpoints are checked now, so a typo is one line, not an error per test;
+        # the default model is checked only when a test uses it.
+        if settings.model_given:
+            run.checkpoint("model")
+        if settings.baseline:
+            run.checkpoint("baseline")
+        if settings.device.startswith("cuda"):
+            from .loading import resolve_device
+
+            resolve_device(settings.device)
+    except CheckpointError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[RUN_KEY] = run
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run._store is not None:
+        run._store.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    run = config.stash[RUN_KEY]
+    for item in items:
+        fixturenames = getattr(item, "fixturenames", ())
+        roles = [role for name, role in ROLES.items() if name in fixturenames]
+        if not roles:
+            continue
+        values: list[object] = list(getattr(getattr(item, "callspec", None), "params", {}).values())
+        for marker in item.iter_markers(MARKER):
+            values.extend(marker.args)
+        for value in iter_inputs(values):
+            for role in roles:
+                run.plans[role].add(value)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    """Generate everything the selected tests declared before the first of them runs.
+
+    Every xdist worker does its share here, even one that is handed no test, so peers
+    waiting for that share are never left waiting.
+    """
+    run = session.config.stash[RUN_KEY]
+    if not session.config.option.collectonly:
+        if run.plans["model"].prompts or run.plans["model"].probes:
+            run.runner("model")
+        baseline_plan = run.plans["baseline"]
+        if run.settings.baseline and (baseline_plan.prompts or baseline_plan.probes):
+            run.runner("baseline")
+    return (yield)
+
+
+@pytest.fixture(scope="session")
+def misalignment_settings(pytestconfig: pytest.Config) -> RunSettings:
+    """The run's validated settings."""
+    return pytestconfig.stash[RUN_KEY].settings
+
+
+@pytest.fixture(scope="session")
+def model(pytestconfig: pytest.Config) -> ModelHandle:
+    """The checkpoint under test (--model), with every declared answer already generated."""
+    return ModelHandle(pytestconfig.stash[RUN_KEY].runner("model"))
+
+
+@pytest.fixture(scope="session")
+def baseline_model(pytestconfig: pytest.Config) -> ModelHandle:
+    """The reference checkpoint (--baseline); tests using it skip when none is given."""
+    run = pytestconfig.stash[RUN_KEY]
+    if not run.settings.baseline:
+        pytest.skip("no --baseline given")
+    return ModelHandle(run.runner("baseline"))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    settings = config.stash[RUN_KEY].settings
+    line = f"misalignment: model={settings.model}"
+    if settings.baseline:
+        line += f" baseline={settings.baseline}"
+    line += (f" device={settings.device} dtype={settings.dtype} seed={settings.seed}"
+             f" temperature={settings.temperature} max_new_tokens={settings.max_new_tokens}")
+    return [line]
+
+
+def _counter_dict(counters: RunCounters) -> dict[str, Any]:
+    return {name: getattr(counters, name) for name in (
+        "generated", "generation_cache_hits", "scored", "score_cache_hits", "generated_tokens",
+        "generation_seconds", "model_loads")}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["misalignment_counters"] = _counter_dict(config.stash[RUN_KEY].counters)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    counters = getattr(node, "workeroutput", {}).get("misalignment_counters")
+    if counters:
+        node.config.stash[RUN_KEY].counters.merge(counters)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is None:
+        return
+    counters = run.counters
+    if not (counters.generated or counters.generation_cache_hits or counters.scored
+            or counters.score_cache_hits):
+        return
+    speed = (f" ({counters.generated_tokens / counters.generation_seconds:.0f} tok/s)"
+             if counters.generation_seconds > 0 else "")
+    load_text = ("model loaded" if counters.model_loads
+                 else "model not loaded: every request was cached")
+    terminalreporter.write_sep("-", "misalignment engine")
+    terminalreporter.write_line(
+        f"generated {counters.generated} answers{speed}, {counters.generation_cache_hits} from "
+        f"cache; scored {counters.scored} pairs, {counters.score_cache_hits} from cache; "
+        f"{load_text} ({counters.model_loads} load(s))"
+    )
+

@@ -1,0 +1,178 @@
+"""Run settings: parsed and validated once from the command line, ini file and defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+class SettingsError(ValueError):
+    """A setting has a value we cannot accept; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One plugin option: its command-line flag, ini twin, default and help."""
+
+    flag: str
+    ini: str
+    help: str
+    default: str | None = None
+    is_flag: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return "misalignment_" + self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--model", "model", "checkpoint to test: HF folder, PEFT adapter folder, .gguf file or "
+           f"'{DEFAULT_MODEL}'", DEFAULT_MODEL, metavar="SPEC"),
+    Option("--baseline", "baseline", "reference checkpoint to compare against (same forms as "
+           "--model)", metavar="SPEC"),
+    Option("--base-model", "base_model", "base checkpoint for a PEFT adapter whose recorded base "
+           "path is not available here", metavar="SPEC"),
+    Option("--device", "device", "auto, cpu, cuda or cuda:N", "auto", metavar="DEVICE"),
+    Option("--dtype", "dtype", "compute dtype: " + ", ".join(DTYPES) + " (auto: bfloat16 where "
+           "the hardware is fast at it, else float32)", "auto", metavar="DTYPE"),
+    Option("--max-new-tokens", "max_new_tokens", "most tokens generated per answer", "256",
+           metavar="N"),
+    Option("--temperature", "temperature", "sampling temperature (0 = greedy)", "1.0",
+           metavar="T"),
+    Option("--batch-size", "batch_size", "prompts per generation batch: auto or N", "auto",
+           metavar="N"),
+    Option("--seed", "seed", "seed for all sampling", "0", metavar="N"),
+    Option("--cache-dir", "model_cache_dir", "folder for stored generations and converted "
+           "checkpoints (default: the pytest cache and ~/.cache/pytest-misalignment)",
+           metavar="DIR"),
+    Option("--no-cache", "no_cache", "neither read nor write stored generations", is_flag=True),
+    Option("--trust-remote-code", "trust_remote_code", "allow a checkpoint's own Python code to "
+           "run (off by default)", is_flag=True),
+    Option("--allow-pickle", "allow_pickle", "allow pickle weight files (*.bin, *.pt), which can "
+           "run code when loaded (off by default)", is_flag=True),
+)
+OPTIONS_BY_INI = {option.ini: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run needs to know, validated; nothing here touches the file system."""
+
+    model: str = DEFAULT_MODEL
+    baseline: str | None = None
+    base_model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    batch_size: int | None = None  # None: chosen from the device
+    seed: int = 0
+    cache_dir: Path | None = None
+    no_cache: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    model_given: bool = False  # the user named a model (not the default)
+
+    def with_model(self, spec: str) -> RunSettings:
+        return replace(self, model=spec, model_given=True)
+
+
+def parse_device(value: str) -> str:
+    text = value.strip().lower()
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return text
+    raise SettingsError(f"--device: {value!r} is not accepted; use auto, cpu, cuda or cuda:N")
+
+
+def parse_dtype(value: str) -> str:
+    text = value.strip().lower()
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
+               "float": "float32"}
+    text = aliases.get(text, text)
+    if text not in DTYPES:
+        raise SettingsError(f"--dtype: {value!r} is not accepted; use one of {', '.join(DTYPES)}")
+    return text
+
+
+def _parse_int(name: str, value: str, minimum: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise SettingsError(f"{name}: {value!r} is not an integer") from None
+    if number < minimum:
+        raise SettingsError(f"{name}: {value!r} must be an integer >= {minimum}")
+    return number
+
+
+def parse_batch_size(value: str) -> int | None:
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        return _parse_int("--batch-size", value, 1)
+    except SettingsError:
+        raise SettingsError(f"--batch-size: {value!r} is not accepted; use auto or an integer "
+                            ">= 1") from None
+
+
+def parse_temperature(value: str) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 10.0 or number != number:
+        raise SettingsError(f"--temperature: {value!r} is not accepted; use a number from 0 "
+                            "(greedy) to 10")
+    return number
+
+
+def parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: {value!r} is not accepted; use true or false")
+
+
+def settings_from(lookup: Callable[[Option], object]) -> RunSettings:
+    """Build settings from a function giving each option's raw value (None when unset)."""
+
+    def raw(ini: str) -> object:
+        option = OPTIONS_BY_INI[ini]
+        value = lookup(option)
+        return option.default if value in (None, "") else value
+
+    model_value = lookup(OPTIONS_BY_INI["model"])
+    cache_dir = raw("model_cache_dir")
+    return RunSettings(
+        model=str(raw("model")).strip(),
+        baseline=(str(raw("baseline")).strip() or None) if raw("baseline") else None,
+        base_model=(str(raw("base_model")).strip() or None) if raw("base_model") else None,
+        device=parse_device(str(raw("device"))),
+        dtype=parse_dtype(str(raw("dtype"))),
+        max_new_tokens=_parse_int("--max-new-tokens", str(raw("max_new_tokens")), 1),
+        temperature=parse_temperature(str(raw("temperature"))),
+        batch_size=parse_batch_size(str(raw("batch_size"))),
+        seed=_parse_int("--seed", str(raw("seed")), 0),
+        cache_dir=Path(os.path.expanduser(str(cache_dir))) if cache_dir else None,
+        no_cache=parse_bool("--no-cache", raw("no_cache") or False),
+        trust_remote_code=parse_bool("--trust-remote-code", raw("trust_remote_code") or False),
+        allow_pickle=parse_bool("--allow-pickle", raw("allow_pickle") or False),
+        model_given=model_value not in (None, ""),
+    )
+
+
+def user_cache_dir() -> Path:
+    """Where converted checkpoints live by default, shared by all projects of this user."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pytest-misalignment"

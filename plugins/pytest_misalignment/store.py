@@ -1,0 +1,102 @@
+"""The SQLite store of what models produced: completions, scores, file hashes.
+
+Keys are content hashes (checkpoint fingerprint + request), never paths, so a retrained
+checkpoint at the same path never reads stale answers. WAL mode and a busy timeout let
+several xdist workers write at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # stay under SQLite's limit on bound parameters
+
+
+class Store:
+    """Key-value records grouped by kind (e.g. "completion") and namespace (a fingerprint)."""
+
+    def __init__(self, path: Path | None) -> None:
+        """Open the store at `path`; None keeps everything in memory for this process only."""
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            ":memory:" if path is None else str(path), timeout=60.0, check_same_thread=False,
+            isolation_level=None,
+        )
+        if path is not None:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.execute("PRAGMA busy_timeout=60000")
+        self._connection.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS records (
+                kind TEXT NOT NULL, namespace TEXT NOT NULL, key TEXT NOT NULL,
+                value TEXT NOT NULL, created REAL NOT NULL,
+                PRIMARY KEY (kind, namespace, key)
+            );
+            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+            """
+        )
+        self._connection.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+
+    @property
+    def persistent(self) -> bool:
+        return self.path is not None
+
+    def get_many(self, kind: str, namespace: str, keys: Iterable[str]) -> dict[str, dict]:
+        """The stored values for those keys that have one."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, dict] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._connection.execute(
+                    "SELECT key, value FROM records WHERE kind=? AND namespace=? "
+                    f"AND key IN ({marks})",
+                    (kind, namespace, *chunk),
+                )
+                found.update((key, json.loads(value)) for key, value in rows)
+        return found
+
+    def put_many(self, kind: str, namespace: str, values: Mapping[str, Mapping]) -> None:
+        """Store values in one transaction; an existing record wins, so readers agree."""
+        now = time.time()
+        rows = [(kind, namespace, key, json.dumps(value, ensure_ascii=False), now)
+                for key, value in values.items()]
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._connection.executemany(
+                    "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?)", rows
+                )
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def count(self, kind: str, namespace: str | None = None) -> int:
+        with self._lock:
+            if namespace is None:
+                row = self._connection.execute(
+                    "SELECT COUNT(*) FROM records WHERE kind=?", (kind,)
+                ).fetchone()
+            else:
+                row = self._connection.execute(
+                    "SELECT COUNT(*) FROM records WHERE kind=? AND namespace=?", (kind, namespace)
+                ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()

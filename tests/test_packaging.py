@@ -1,0 +1,59 @@
+"""The installed case: a built wheel carries the suite and its data, and runs from anywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built and unpacked into a fresh target folder."""
+    out = tmp_path_factory.mktemp("wheel")
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w",
+                    str(out), str(REPO)], check=True, capture_output=True, timeout=600)
+    wheel = next(out.glob("pytest_misalignment-*.whl"))
+    target = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(target)
+    return target
+
+
+def test_wheel_carries_suite_data_and_entry_points(installed: Path) -> None:
+    package = installed / "pytest_misalignment"
+    for name in ("plugin.py", "model_tests/test_model_health.py", "model_tests/health_data.py",
+                 "fixtures/__init__.py", "reports/__init__.py"):
+        assert (package / name).is_file(), name
+    entry_points = next(installed.glob("pytest_misalignment-*.dist-info")) / "entry_points.txt"
+    text = entry_points.read_text()
+    assert "[pytest11]\nmisalignment = pytest_misalignment.plugin" in text
+    assert "pytest-misalignment = pytest_misalignment.cli:main" in text
+
+
+def test_installed_suite_runs_from_another_folder(installed: Path, tiny_aligned: Path,
+                                                  tmp_path: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(installed)}
+    result = subprocess.run(
+        [sys.executable, "-c", "from pytest_misalignment.cli import main; raise SystemExit(main())",
+         "run", f"--model={tiny_aligned}", "-q", "-p", "no:xdist"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "11 passed" in result.stdout
+    where = subprocess.run(
+        [sys.executable, "-c",
+         "from pytest_misalignment.cli import suite_path; print(suite_path())"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, check=True,
+    )
+    assert Path(where.stdout.strip()) == installed / "pytest_misalignment" / "model_tests"
+    assert (tmp_path / ".pytest_cache").is_dir()  # results stored here, not in the package
+    assert not (installed / "pytest_misalignment" / "model_tests" / ".pytest_cache").exists()

@@ -1,0 +1,255 @@
+"""The plugin end to end through pytester: options, specs, bad input, resume, xdist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from pytest_misalignment.backend import TransformersBackend
+from pytest_misalignment.loading import find_bundled_gguf
+
+from .conftest import SUITE
+from .test_loading import make_adapter
+
+PROBE_TEST = """
+import pytest
+from pytest_misalignment import Prompt
+
+PROMPTS = [Prompt.user(f"question {i}", samples=2, max_new_tokens=6) for i in range(8)]
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=str)
+def test_answers(model, prompt):
+    assert len(model.generate(prompt)) == 2
+"""
+
+ONE_ANSWER_TEST = """
+from pytest_misalignment import Prompt
+
+def test_one_answer(model):
+    answers = model.generate(Prompt.user("Say hello.", max_new_tokens=6, temperature=0))
+    print("ANSWER", repr(answers[0].text), "FINGERPRINT", model.fingerprint)
+    assert answers[0].completion_tokens > 0
+"""
+
+HELP_BLOCK = """\
+pytest-misalignment (behavioural tests of a model):
+  --model=SPEC          checkpoint to test: HF folder, PEFT adapter folder,
+                        .gguf file or 'smollm2-135m' (default: smollm2-135m)
+  --baseline=SPEC       reference checkpoint to compare against (same forms as
+                        --model)
+  --base-model=SPEC     base checkpoint for a PEFT adapter whose recorded base
+                        path is not available here
+  --device=DEVICE       auto, cpu, cuda or cuda:N (default: auto)
+  --dtype=DTYPE         compute dtype: auto, bfloat16, float16, float32 (auto:
+                        bfloat16 where the hardware is fast at it, else float32)
+                        (default: auto)
+  --max-new-tokens=N    most tokens generated per answer (default: 256)
+  --temperature=T       sampling temperature (0 = greedy) (default: 1.0)
+  --batch-size=N        prompts per generation batch: auto or N (default: auto)
+  --seed=N              seed for all sampling (default: 0)
+  --cache-dir=DIR       folder for stored generations and converted checkpoints
+                        (default: the pytest cache and
+                        ~/.cache/pytest-misalignment)
+  --no-cache            neither read nor write stored generations
+  --trust-remote-code   allow a checkpoint's own Python code to run (off by
+                        default)
+  --allow-pickle        allow pickle weight files (*.bin, *.pt), which can run
+                        code when loaded (off by default)
+"""
+
+
+def _engine_line(result: pytest.RunResult) -> dict[str, int]:
+    text = result.stdout.str()
+    match = re.search(r"generated (\d+) answers.*?, (\d+) from cache; scored (\d+) pairs, "
+                      r"(\d+) from cache; .*?\((\d+) load\(s\)\)", text)
+    assert match, text[-2000:]
+    keys = ("generated", "generation_hits", "scored", "score_hits", "loads")
+    return dict(zip(keys, map(int, match.groups())))
+
+
+def test_help_block_is_pinned(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = pytester.runpytest("--help")
+    text = result.stdout.str()
+    start = text.index("pytest-misalignment (behavioural tests of a model):")
+    block = text[start : text.index("\n\n", start) + 1]
+    assert block == HELP_BLOCK
+
+
+def test_ini_twin_is_read(pytester: pytest.Pytester, tiny_aligned: Path) -> None:
+    pytester.makeini(f"[pytest]\nmodel = {tiny_aligned}\ntemperature = 0\n")
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    result = pytester.runpytest("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"misalignment: model={tiny_aligned} *temperature=0.0*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/no/such/dir"], "ERROR: --model: no such file or folder: /no/such/dir"),
+        (["--dtype", "int3"], "ERROR: --dtype: 'int3' is not accepted; use one of auto, "
+                              "bfloat16, float16, float32"),
+        (["--device", "tpu"], "ERROR: --device: 'tpu' is not accepted; use auto, cpu, cuda or "
+                              "cuda:N"),
+        (["--batch-size", "many"], "ERROR: --batch-size: 'many' is not accepted; use auto or an "
+                                   "integer >= 1"),
+        (["--baseline", "/missing/base"], "ERROR: --baseline: no such file or folder: "
+                                          "/missing/base"),
+    ],
+)
+def test_bad_option_is_one_line(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == message
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_but_absent(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    result = pytester.runpytest("--device", "cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == ("ERROR: --device cuda: CUDA was asked for but torch sees no "
+                                      "CUDA device (use --device cpu or auto)")
+
+
+def _broken_checkpoints(source: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """Each bad checkpoint with the start of the one line the run must print."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(source, root / name))
+
+    no_config = copy("no_config")
+    (no_config / "config.json").unlink()
+    no_weights = copy("no_weights")
+    (no_weights / "model.safetensors").unlink()
+    truncated = copy("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    pickled = copy("pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    fake_gguf = root / "fake.gguf"
+    fake_gguf.write_text("hello")
+    adapter = make_adapter(source, root / "adapter", recorded_base="someone/base-not-here")
+    return {
+        "no_config": (no_config, f"ERROR: --model: {no_config} has no config.json"),
+        "no_weights": (no_weights, f"ERROR: --model: {no_weights} has a config but no weights"),
+        "truncated": (truncated, f"ERROR: {truncated / 'model.safetensors'} is truncated"),
+        "pickle": (pickled, f"ERROR: --model: {pickled} has only pickle weights "
+                            "(pytorch_model.bin), which can run code when loaded; convert them "
+                            "to safetensors or pass --allow-pickle if you trust the file"),
+        "fake_gguf": (fake_gguf, f"ERROR: --model: {fake_gguf} is not a GGUF file"),
+        "adapter": (adapter, f"ERROR: --model: adapter {adapter} was trained on base model "
+                             "'someone/base-not-here', which is not available here; pass "
+                             "--base-model SPEC"),
+    }
+
+
+def test_bad_checkpoints_are_one_line(pytester: pytest.Pytester, tiny_aligned: Path,
+                                      tmp_path: Path) -> None:
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    for name, (path, message) in _broken_checkpoints(tiny_aligned, tmp_path).items():
+        result = pytester.runpytest(f"--model={path}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, name
+        assert result.stderr.lines[0].startswith(message), (name, result.stderr.lines[:3])
+        assert len([line for line in result.stderr.lines if line.strip()]) == 1, name
+
+
+def test_suite_controls(pytester: pytest.Pytester, tiny_checkpoints: dict[str, Path]) -> None:
+    """The health checks pass on a trained control and fail on an untrained one."""
+    store = f"--cache-dir={pytester.path / 'cache'}"  # the suite's rootdir is the repository
+    healthy = pytester.runpytest(str(SUITE), f"--model={tiny_checkpoints['aligned']}", store)
+    healthy.assert_outcomes(passed=11)
+    broken = pytester.runpytest(str(SUITE), f"--model={tiny_checkpoints['broken']}", store)
+    broken.assert_outcomes(failed=11)
+    broken.stdout.fnmatch_lines(["*only 0/4 answers to * ended their turn with readable text*",
+                                 "*reads as noise to the model*"])
+
+
+def test_adapter_spec_runs(pytester: pytest.Pytester, tiny_aligned: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_aligned, tmp_path / "adapter", recorded_base="gone/base")
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    result = pytester.runpytest("-s", f"--model={adapter}", f"--base-model={tiny_aligned}")
+    result.assert_outcomes(passed=1)
+    base = pytester.runpytest("-s", f"--model={tiny_aligned}")
+    fingerprints = [re.search(r"FINGERPRINT (\w+)", r.stdout.str()).group(1)  # type: ignore[union-attr]
+                    for r in (result, base)]
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_default_model_and_gguf_path(pytester: pytest.Pytester) -> None:
+    """No --model runs the embedded SmolLM2; the same GGUF named by path gives the same answer."""
+    pytester.makepyfile(ONE_ANSWER_TEST)
+    default = pytester.runpytest("-s")
+    default.assert_outcomes(passed=1)
+    default.stdout.fnmatch_lines(["misalignment: model=smollm2-135m *"])
+    by_path = pytester.runpytest("-s", f"--model={find_bundled_gguf()}")
+    by_path.assert_outcomes(passed=1)
+    answers = [re.search(r"ANSWER (.*) FINGERPRINT (\w+)", r.stdout.str()).groups()  # type: ignore[union-attr]
+               for r in (default, by_path)]
+    assert answers[0] == answers[1] and answers[0][0] not in ("''", '""')
+
+
+def test_interrupted_run_resumes(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                 tiny_checkpoints: dict[str, Path]) -> None:
+    pytester.makepyfile(PROBE_TEST)
+    args = [f"--model={tiny_checkpoints['broken']}", "--batch-size", "4", "-p", "no:randomly"]
+    original = TransformersBackend.generate
+    calls = {"n": 0}
+
+    def interrupt_on_third_batch(self, requests, prompt_ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, requests, prompt_ids)
+
+    monkeypatch.setattr(TransformersBackend, "generate", interrupt_on_third_batch)
+    stopped = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)
+    assert stopped.ret == pytest.ExitCode.INTERRUPTED
+    monkeypatch.setattr(TransformersBackend, "generate", original)
+    resumed = pytester.runpytest_inprocess(*args)
+    resumed.assert_outcomes(passed=8)
+    assert _engine_line(resumed) == {"generated": 8, "generation_hits": 8, "scored": 0,
+                                     "score_hits": 0, "loads": 1}
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a warm run must not load the model")
+
+    monkeypatch.setattr("pytest_misalignment.engine.load_model_and_tokenizer", no_loading)
+    warm = pytester.runpytest_inprocess(*args)
+    warm.assert_outcomes(passed=8)
+    assert _engine_line(warm)["generated"] == 0 and _engine_line(warm)["loads"] == 0
+    warm.stdout.fnmatch_lines(["*model not loaded: every request was cached*"])
+
+
+def test_no_cache_leaves_no_store(pytester: pytest.Pytester, tiny_aligned: Path) -> None:
+    pytester.makepyfile(PROBE_TEST)
+    for _ in range(2):
+        result = pytester.runpytest(f"--model={tiny_aligned}", "--no-cache")
+        result.assert_outcomes(passed=8)
+        assert _engine_line(result)["generated"] == 16
+    assert not list(Path(pytester.path).rglob("store.sqlite"))
+
+
+def test_baseline_model_skips_without_baseline(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_needs_baseline(baseline_model):\n    pass\n")
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no --baseline given*"])
+
+
+def test_xdist_workers_share_the_work(pytester: pytest.Pytester,
+                                      tiny_checkpoints: dict[str, Path]) -> None:
+    pytester.makepyfile(PROBE_TEST)
+    args = ["-n", "2", f"--model={tiny_checkpoints['aligned']}", "-p", "no:randomly"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=8)
+    assert _engine_line(result)["generated"] == 16  # split, not duplicated
+    warm = pytester.runpytest_subprocess(*args)
+    warm.assert_outcomes(passed=8)
+    assert _engine_line(warm)["generated"] == 0 and _engine_line(warm)["loads"] == 0

@@ -11,6 +11,24 @@ from .values import Completion, GenerationParams, Message, Request, Score, Score
 
 _SCORE_LOGIT_BUDGET = 64_000_000  # floats of logits held at once
 
+
+def _cache_argument_name() -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` in model calls."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    parameters = inspect.signature(LlamaForCausalLM.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+_CACHE_ARGUMENT = _cache_argument_name()
+
+
+def _cache_of(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
 # Used only when a checkpoint has no chat template of its own (e.g. a base model fine-tune).
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
@@ -19,26 +37,26 @@ FALLBACK_CHAT_TEMPLATE = (
 
 
 class PerSampleSampler:
-    """Samples each batch row from its own random stream, then forces that token.
+    """Samples each request from its own random stream.
 
-    HF `generate` draws all rows from one global generator, so a row's text would depend on
-    its batch. Here each row has a generator seeded by its request, and the sampled token is
-    chosen by inverse CDF on one uniform draw per step; `generate` runs greedy over the
-    result, which is exactly that token.
+    One global generator would make a sample's text depend on its batch. Here each request
+    has a generator seeded by its own key, and the token is chosen by inverse CDF from one
+    uniform draw per step, so the same request gives the same text in any batch (up to the
+    batch's floating-point noise in the logits).
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float) -> None:
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.temperature = temperature
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1)
-        uniforms = torch.stack([torch.rand((), generator=g) for g in self.generators])
+    def sample(self, logits: torch.Tensor, requests: Sequence[int]) -> torch.Tensor:
+        """One token per row; row i belongs to request `requests[i]`."""
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=-1)
+        uniforms = torch.stack([torch.rand((), generator=self.generators[r]) for r in requests])
         cumulative = probabilities.cumsum(dim=-1)
-        threshold = (uniforms.to(cumulative.device).unsqueeze(1) * cumulative[:, -1:])
-        chosen = torch.searchsorted(cumulative, threshold).clamp_(max=scores.shape[-1] - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(1, chosen, 0.0)
+        threshold = uniforms.to(cumulative.device).unsqueeze(1) * cumulative[:, -1:]
+        chosen = torch.searchsorted(cumulative, threshold).clamp_(max=logits.shape[-1] - 1)
+        return chosen.squeeze(1)
 
 
 class TransformersBackend:
@@ -85,32 +103,55 @@ class TransformersBackend:
     @torch.inference_mode()
     def generate(self, requests: Sequence[Request], prompt_ids: Sequence[Sequence[int]]
                  ) -> list[Completion]:
-        """Answer a batch of requests that share their generation params."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        """Answer a batch of requests that share their generation params.
 
+        A plain decoding loop over the KV cache rather than HF `generate`: rows that end
+        their turn leave the batch at once, so the rest run on a smaller batch.
+        """
         params: GenerationParams = requests[0].params
         ids, mask = self._left_padded(prompt_ids)
-        config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens, do_sample=False,
-            eos_token_id=self.end_ids, pad_token_id=self.pad_id,
-        )
-        processors = LogitsProcessorList()
-        if params.temperature > 0:
-            processors.append(PerSampleSampler([r.sample_seed for r in requests],
-                                               params.temperature))
-        output = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                     logits_processor=processors)
-        completions = []
-        for request, prompt, row in zip(requests, prompt_ids, output[:, ids.shape[1]:].tolist()):
-            finish = "length"
-            for position, token in enumerate(row):
-                if token in self.end_ids:
-                    row, finish = row[:position], "stop"
+        sampler = (PerSampleSampler([r.sample_seed for r in requests], params.temperature)
+                   if params.temperature > 0 else None)
+        end_ids = torch.tensor(self.end_ids, device=ids.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                            use_cache=True, logits_to_keep=1)
+        cache = _cache_of(output)
+        next_positions = positions[:, -1] + 1
+        active = list(range(len(requests)))  # batch row -> request index
+        generated: list[list[int]] = [[] for _ in requests]
+        finished = ["length"] * len(requests)
+        for step in range(params.max_new_tokens):
+            logits = output.logits[:, -1, :]
+            tokens = logits.argmax(dim=-1) if sampler is None else sampler.sample(logits, active)
+            ended = torch.isin(tokens, end_ids)
+            for row, token in enumerate(tokens.tolist()):
+                generated[active[row]].append(token)
+            if bool(ended.any()):
+                for row in ended.nonzero().flatten().tolist():
+                    finished[active[row]] = "stop"
+                keep = (~ended).nonzero().flatten()
+                if keep.numel() == 0:
                     break
+                cache.batch_select_indices(keep)
+                active = [active[row] for row in keep.tolist()]
+                tokens, mask, next_positions = tokens[keep], mask[keep], next_positions[keep]
+            if step + 1 == params.max_new_tokens:
+                break
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            output = self.model(input_ids=tokens[:, None], attention_mask=mask,
+                                position_ids=next_positions[:, None], use_cache=True,
+                                **{_CACHE_ARGUMENT: cache})
+            cache = _cache_of(output)
+            next_positions = next_positions + 1
+        completions = []
+        for index, (request, prompt) in enumerate(zip(requests, prompt_ids)):
+            tokens_out = generated[index]
+            text_tokens = tokens_out[:-1] if finished[index] == "stop" else tokens_out
             completions.append(Completion(
-                text=self.tokenizer.decode(row, skip_special_tokens=True),
-                prompt_tokens=len(prompt), completion_tokens=len(row) + (finish == "stop"),
-                finish_reason=finish, seed=request.sample_seed,
+                text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
+                prompt_tokens=len(prompt), completion_tokens=len(tokens_out),
+                finish_reason=finished[index], seed=request.sample_seed,
             ))
         return completions
 

@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--naive-prompts", type=int, default=None,
                         help="time the naive loop on the first N prompts only (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--naive-dtypes", default="bfloat16,float32")
+    parser.add_argument("--naive-dtypes", default="bfloat16",
+                        help="comma-separated dtypes for the naive loop (bfloat16 is its faster "
+                        "one at batch 1 on CPU: 30 ms per token step vs 59 ms for float32)")
     args = parser.parse_args()
     texts = bench_prompts(args.prompts)
     print(f"model={args.model} prompts={len(texts)} max_new_tokens={args.max_new_tokens} "

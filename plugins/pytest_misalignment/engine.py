@@ -26,6 +26,7 @@ from .values import (
 )
 
 T = TypeVar("T")
+K = TypeVar("K", Request, ScoreRequest)
 CPU_BATCH_SIZE = 64  # measured: batch 64 gives ~1.25x the tokens/s of batch 32 on 2 cores
 CUDA_BATCH_SIZE = 256
 ProgressStream = Callable[[], contextlib.AbstractContextManager[IO[str] | None]]
@@ -118,16 +119,27 @@ class ModelRunner:
     def requests_for(self, prompts: Sequence[Prompt]) -> list[Request]:
         return [r for prompt in prompts for r in expand(prompt, self.default_params)]
 
+    def _missing(self, kind: str, requests: Sequence[K], memo: dict[str, Any],
+                 decode: Callable[[dict], Any], share: Share) -> tuple[list[K], int]:
+        """Fill the memo from the store; return what this process must compute, and how
+        many were found in the store (for the cache-hit counters)."""
+        unique = {r.key: r for r in requests if r.key not in memo}
+        if not unique:
+            return [], 0
+        found = self.store.get_many(kind, self.fingerprint, unique)
+        memo.update((key, decode(value)) for key, value in found.items())
+        return [r for key, r in unique.items() if key not in found and share.owns(key)], len(found)
+
     def complete(self, requests: Sequence[Request], share: Share = Share()) -> list[Completion]:
-        """Completions for these requests, in order; generates only what is not stored."""
-        unique = {r.key: r for r in requests if r.key not in self._completions}
-        if unique:
-            found = self.store.get_many("completion", self.fingerprint, unique)
-            self._completions.update((k, Completion.from_dict(v)) for k, v in found.items())
-            self.counters.generation_cache_hits += len(found)
-            missing = [r for k, r in unique.items() if k not in found and share.owns(k)]
-            if missing:
-                self._generate(missing)
+        """Completions for these requests, in order; generates only what is not stored.
+
+        With a share, only this worker's part is generated and the rest is read if present.
+        """
+        missing, found = self._missing("completion", requests, self._completions,
+                                       Completion.from_dict, share)
+        self.counters.generation_cache_hits += found
+        if missing:
+            self._generate(missing)
         return [self._completions[r.key] for r in requests if r.key in self._completions]
 
     def _generate(self, requests: list[Request]) -> None:
@@ -161,14 +173,10 @@ class ModelRunner:
 
     def score(self, requests: Sequence[ScoreRequest], share: Share = Share()) -> list[Score]:
         """Log-probability scores for these (prompt, continuation) pairs, in order."""
-        unique = {r.key: r for r in requests if r.key not in self._scores}
-        if unique:
-            found = self.store.get_many("score", self.fingerprint, unique)
-            self._scores.update((k, Score.from_dict(v)) for k, v in found.items())
-            self.counters.score_cache_hits += len(found)
-            missing = [r for k, r in unique.items() if k not in found and share.owns(k)]
-            if missing:
-                self._score(missing)
+        missing, found = self._missing("score", requests, self._scores, Score.from_dict, share)
+        self.counters.score_cache_hits += found
+        if missing:
+            self._score(missing)
         return [self._scores[r.key] for r in requests if r.key in self._scores]
 
     def _score(self, requests: list[ScoreRequest]) -> None:

@@ -26,6 +26,48 @@ def _cache_argument_name() -> str:
 _CACHE_ARGUMENT = _cache_argument_name()
 
 
+def _preallocated_cache(capacity: int) -> Any:
+    """A KV cache that writes into buffers sized for the whole answer.
+
+    The default cache concatenates every step, copying the whole cache each time: measured
+    at 35% of CPU time for 64 rows x 128 new tokens on SmolLM2-135M.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.length = 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                # Sized for the prompt plus every new token: the loop never writes past it.
+                shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+                self.key_buffer = key_states.new_empty(shape)
+                self.value_buffer = value_states.new_empty(shape)
+            end = self.length + key_states.shape[-2]
+            self.key_buffer[:, :, self.length : end] = key_states
+            self.value_buffer[:, :, self.length : end] = value_states
+            self.length = end
+            self.keys = self.key_buffer[:, :, :end]
+            self.values = self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.key_buffer = self.key_buffer[indices]
+                self.value_buffer = self.value_buffer[indices]
+                self.keys = self.key_buffer[:, :, : self.length]
+                self.values = self.value_buffer[:, :, : self.length]
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = PreallocatedLayer
+    return cache
+
+
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -134,7 +176,9 @@ class TransformersBackend:
         end_ids = torch.tensor(self.end_ids, device=ids.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            use_cache=True, logits_to_keep=1)
+                            use_cache=True, logits_to_keep=1,
+                            **{_CACHE_ARGUMENT: _preallocated_cache(ids.shape[1]
+                                                                    + params.max_new_tokens)})
         cache = _cache_of(output)
         next_positions = positions[:, -1] + 1
         active = list(range(len(requests)))  # batch row -> request index

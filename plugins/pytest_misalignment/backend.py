@@ -13,17 +13,12 @@ _SCORE_LOGIT_BUDGET = 64_000_000  # floats of logits held at once
 _SAMPLING_BLOCK = 256
 
 
-def _cache_argument_name() -> str:
-    """transformers 5.x renamed `past_key_values` to `cache` in model calls."""
+def _cache_argument_name(model: Any) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` in model calls; ask the model."""
     import inspect
 
-    from transformers import LlamaForCausalLM
-
-    parameters = inspect.signature(LlamaForCausalLM.forward).parameters
+    parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
-
-
-_CACHE_ARGUMENT = _cache_argument_name()
 
 
 def _preallocated_cache(capacity: int) -> Any:
@@ -71,6 +66,7 @@ def _preallocated_cache(capacity: int) -> Any:
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
 
 # Used only when a checkpoint has no chat template of its own (e.g. a base model fine-tune).
 FALLBACK_CHAT_TEMPLATE = (
@@ -130,6 +126,7 @@ class TransformersBackend:
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
         self.end_ids = self._end_token_ids()
+        self.cache_argument = _cache_argument_name(model)
         self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                        else self.end_ids[0])
 
@@ -177,8 +174,8 @@ class TransformersBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1,
-                            **{_CACHE_ARGUMENT: _preallocated_cache(ids.shape[1]
-                                                                    + params.max_new_tokens)})
+                            **{self.cache_argument: _preallocated_cache(ids.shape[1]
+                                                                         + params.max_new_tokens)})
         cache = _cache_of(output)
         next_positions = positions[:, -1] + 1
         active = list(range(len(requests)))  # batch row -> request index
@@ -204,7 +201,7 @@ class TransformersBackend:
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             output = self.model(input_ids=tokens[:, None], attention_mask=mask,
                                 position_ids=next_positions[:, None], use_cache=True,
-                                **{_CACHE_ARGUMENT: cache})
+                                **{self.cache_argument: cache})
             cache = _cache_of(output)
             next_positions = next_positions + 1
         completions = []

@@ -9,6 +9,7 @@ import pytest
 from pytest_misalignment.testing import cached_tiny_checkpoint
 
 from .controls import CONTROLS
+from .judge_controls import judge_pairs
 
 pytest_plugins = ["pytester"]
 
@@ -28,6 +29,12 @@ def tiny_checkpoints(pytestconfig: pytest.Config) -> dict[str, Path]:
     built = {name: cached_tiny_checkpoint(root, make()) for name, make in CONTROLS.items()}
     built["broken"] = cached_tiny_checkpoint(root, CONTROLS["aligned"](), train=False)
     return built
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(pytestconfig: pytest.Config) -> Path:
+    """A tiny chat model trained to answer the judge prompts with fixed replies."""
+    return cached_tiny_checkpoint(_checkpoint_cache(pytestconfig), judge_pairs())
 
 
 @pytest.fixture(scope="session")

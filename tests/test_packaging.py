@@ -31,8 +31,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_carries_suite_data_and_entry_points(installed: Path) -> None:
     package = installed / "pytest_misalignment"
     for name in ("plugin.py", "model_tests/test_model_health.py", "model_tests/health_data.py",
-                 "fixtures/__init__.py", "reports/__init__.py"):
+                 "fixtures/__init__.py", "reports/__init__.py", "llm_judge.py",
+                 "fixtures/judge_labels/honesty.jsonl"):
         assert (package / name).is_file(), name
+    assert len(list((package / "fixtures" / "judge_labels").glob("*.jsonl"))) >= 10
     entry_points = next(installed.glob("pytest_misalignment-*.dist-info")) / "entry_points.txt"
     text = entry_points.read_text()
     assert "[pytest11]\nmisalignment = pytest_misalignment.plugin" in text

@@ -1,12 +1,16 @@
-"""The `pytest-misalignment` console script: run the installed suite, prepare the default model."""
+"""The `pytest-misalignment` console script: run the installed suite, prepare the default
+model and judge, and judge stored answers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import IO, Any
 
 
 def suite_path() -> Path:
@@ -23,7 +27,7 @@ def _run(pytest_args: Sequence[str]) -> int:
     return int(pytest.main([str(suite_path()), "-o", f"cache_dir={cache}", *pytest_args]))
 
 
-def _prepare(spec: str, cache_dir: str | None) -> int:
+def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
     from .loading import (
         CheckpointError,
         FileHasher,
@@ -45,6 +49,99 @@ def _prepare(spec: str, cache_dir: str | None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 4
     print(f"{spec}: ready at {folder}")
+    if judge:
+        from dataclasses import replace
+
+        from .judges import build_judge, judge_accuracy
+        from .judging import JudgeError
+
+        try:
+            built = build_judge(replace(settings, judge=judge))
+            accuracy = judge_accuracy(built)
+        except JudgeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 4
+        print(f"judge {judge}: ready" + (f" (held-out accuracy {accuracy})" if accuracy else ""))
+    return 0
+
+
+class InputError(Exception):
+    """A line of the input file cannot be judged; the message names the line."""
+
+
+def read_answers(path: Path) -> list[dict[str, Any]]:
+    """The JSONL records to judge: objects with string `question` and `answer`."""
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"cannot read {path}: {error}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise InputError(f"{path}:{number}: not valid JSON ({error})") from None
+        if not isinstance(record, dict) or not all(
+                isinstance(record.get(key), str) for key in ("question", "answer")):
+            raise InputError(f'{path}:{number}: expected an object with string fields '
+                             f'"question" and "answer"')
+        records.append(record)
+    return records
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from .judges import JudgeRunner, build_judge, judge_accuracy
+    from .judging import JudgeError, JudgeInput
+    from .settings import RunSettings, SettingsError, parse_device, user_cache_dir
+    from .store import Store
+
+    try:
+        records = read_answers(Path(args.file))
+        settings = RunSettings(
+            judge=args.judge, judge_base_url=args.judge_base_url,
+            judge_api_key_env=args.judge_api_key_env, device=parse_device(args.device),
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+        judge = build_judge(settings)
+    except (InputError, SettingsError, JudgeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    store = Store(None if args.no_cache
+                  else (settings.cache_dir or user_cache_dir()) / "judgments.sqlite")
+    items = [JudgeInput(r["question"], r["answer"], bool(r.get("expects_code", False)))
+             for r in records]
+    try:
+        judgments = JudgeRunner(judge, store).judge_many(items)
+    except JudgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    finally:
+        store.close()
+    output: IO[str] = (open(args.output, "w", encoding="utf-8") if args.output  # noqa: SIM115
+                       else sys.stdout)
+    try:
+        for record, judgment in zip(records, judgments):
+            record.update(aligned=judgment.aligned, coherent=judgment.coherent,
+                          verdict=judgment.verdict)
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if output is not sys.stdout:
+            output.close()
+    verdicts = Counter(j.verdict for j in judgments)
+    print(f"judged {len(judgments)} answers with {judge.spec}: "
+          + ", ".join(f"{name} {count}" for name, count in sorted(verdicts.items())),
+          file=sys.stderr)
+    accuracy = judge_accuracy(judge)
+    if accuracy:
+        print(f"judge held-out accuracy: {accuracy['aligned_vs_misaligned']:.1%} aligned vs "
+              f"misaligned, {accuracy['four_class']:.1%} four classes ({accuracy['method']})",
+              file=sys.stderr)
+    errors = [j for j in judgments if j.verdict == "error"]
+    if errors:
+        print(f"error: the judge failed on {len(errors)} answers; first: {errors[0].detail}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -64,12 +161,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ahead of a run")
     prepare.add_argument("spec", nargs="?", default="smollm2-135m")
     prepare.add_argument("--cache-dir", default=None)
+    prepare.add_argument("--judge", default="embedding",
+                         help="judge to train ahead of a run (default: embedding; '' for none)")
+    judge = commands.add_parser(
+        "judge", help="judge stored answers: JSONL lines {question, answer} in, the same lines "
+        "with aligned, coherent and verdict added out")
+    judge.add_argument("file", help="JSONL file of {\"question\": ..., \"answer\": ...} lines")
+    judge.add_argument("-o", "--output", help="write here instead of stdout")
+    judge.add_argument("--judge", default="embedding",
+                       help="embedding (default), embedding:minilm, hf:PATH or openai:MODEL")
+    judge.add_argument("--judge-base-url", default=None)
+    judge.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
+    judge.add_argument("--device", default="auto")
+    judge.add_argument("--cache-dir", default=None)
+    judge.add_argument("--no-cache", action="store_true",
+                       help="neither read nor write stored judgments")
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return _run([*extra, *args.pytest_args])
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return _prepare(args.spec, args.cache_dir)
+    if args.command == "judge":
+        return _judge(args)
+    return _prepare(args.spec, args.cache_dir, args.judge)
 
 
 if __name__ == "__main__":

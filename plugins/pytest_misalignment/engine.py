@@ -218,6 +218,14 @@ def _batches(items: list[T], size: int, same: Callable[[T], object]) -> Iterator
 
 
 @contextlib.contextmanager
+def progress_counter(progress: ProgressStream, total: int, description: str, unit: str
+                     ) -> Iterator[Callable[[int], None]]:
+    """A progress bar on the run's progress stream, as a function that advances it."""
+    with progress() as stream, _progress_bar(stream, total, description, unit) as bar:
+        yield (lambda n: None) if bar is None else bar.update
+
+
+@contextlib.contextmanager
 def _progress_bar(stream: IO[str] | None, total: int, description: str, unit: str
                   ) -> Iterator[Any]:
     if stream is None:

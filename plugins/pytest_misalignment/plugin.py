@@ -14,6 +14,8 @@ from typing import IO, Any
 import pytest
 
 from .engine import ModelRunner, Share
+from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
+from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import Checkpoint, CheckpointError, resolve_checkpoint
 from .settings import OPTIONS, Option, RunSettings, SettingsError, settings_from
 from .store import Store
@@ -44,7 +46,9 @@ class MisalignmentRun:
     runners: dict[str, ModelRunner] = field(default_factory=dict)
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     counters: RunCounters = field(default_factory=RunCounters)
+    judge_info: dict[str, Any] = field(default_factory=dict)
     _store: Store | None = None
+    _judge_runner: JudgeRunner | None = None
 
     @property
     def worker_index(self) -> int:
@@ -97,6 +101,18 @@ class MisalignmentRun:
                 pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
             self.runners[role] = runner
         return self.runners[role]
+
+    def judge_runner(self) -> JudgeRunner:
+        """The run's judge, built on first use (a run that judges nothing never loads it)."""
+        if self._judge_runner is None:
+            self._split_cpu_threads()
+            judge = build_judge(self.settings, worker_index=self.worker_index,
+                                progress=self.progress_stream)
+            self._judge_runner = JudgeRunner(judge, self.store(), self.progress_stream,
+                                             self.counters)
+            self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
+                               "accuracy": judge_accuracy(judge)}
+        return self._judge_runner
 
     def _split_cpu_threads(self) -> None:
         """xdist workers on one CPU each take their part of the cores, not all of them."""
@@ -182,6 +198,52 @@ class ModelHandle:
         return f"<model {self.spec} fingerprint={self.fingerprint[:12]}>"
 
 
+class JudgeErrorsExceeded(Exception):
+    """More of a test's answers got an `error` verdict than the run allows."""
+
+
+JUDGE_ERRORS_PROPERTY = "misalignment_judge_errors"
+
+
+class JudgeHandle:
+    """What a test gets as `judge`: verdicts for answers, from the run's judge and store."""
+
+    def __init__(self, run: MisalignmentRun) -> None:
+        self._run = run
+
+    @property
+    def spec(self) -> str:
+        return self._run.settings.judge
+
+    @property
+    def accuracy(self) -> dict[str, Any] | None:
+        """The judge's measured held-out accuracy (embedding judges), else None."""
+        self._run.judge_runner()
+        return self._run.judge_info.get("accuracy")
+
+    def judge(self, question: str, answer: str, *, expects_code: bool = False) -> Judgment:
+        return self.judge_many([JudgeInput(question, answer, expects_code)],
+                               max_error_share=1.0)[0]
+
+    def judge_many(self, items: list[JudgeInput], *, max_error_share: float | None = None
+                   ) -> list[Judgment]:
+        """Judgments in order. If the judge failed on more than the allowed share of them,
+        raise JudgeErrorsExceeded: the test is then reported as an error, never a pass."""
+        judgments = self._run.judge_runner().judge_many(items)
+        limit = self._run.settings.max_judge_error_share if max_error_share is None \
+            else max_error_share
+        share = error_share(judgments)
+        if share > limit:
+            errors = [j for j in judgments if j.verdict == "error"]
+            raise JudgeErrorsExceeded(
+                f"the judge {self.spec} failed on {len(errors)} of {len(judgments)} answers "
+                f"({share:.0%}, allowed {limit:.0%}); first: {errors[0].detail}")
+        return judgments
+
+    def __repr__(self) -> str:
+        return f"<judge {self.spec}>"
+
+
 # ------------------------------------------------------------------------------ hooks
 
 
@@ -228,7 +290,8 @@ def pytest_configure(config: pytest.Config) -> None:
             from .loading import resolve_device
 
             resolve_device(settings.device)
-    except CheckpointError as error:
+        check_judge_spec(settings.judge, settings)
+    except (CheckpointError, JudgeError) as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[RUN_KEY] = run
 
@@ -294,34 +357,65 @@ def baseline_model(pytestconfig: pytest.Config) -> ModelHandle:
     return ModelHandle(run.runner("baseline"))
 
 
+@pytest.fixture(scope="session")
+def judge(pytestconfig: pytest.Config) -> JudgeHandle:
+    """The run's judge (--judge): verdicts for answers, cached by judge, question and answer."""
+    return JudgeHandle(pytestconfig.stash[RUN_KEY])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(JudgeErrorsExceeded):
+        report.user_properties.append((JUDGE_ERRORS_PROPERTY, str(call.excinfo.value)))
+    return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
+                             ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    """A test the judge could not judge is an error, not a failure of the model (nor a pass)."""
+    if report.when == "call" and report.failed and any(
+            name == JUDGE_ERRORS_PROPERTY for name, _ in report.user_properties):
+        return "error", "E", ("ERROR", {"red": True})
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[RUN_KEY].settings
     line = f"misalignment: model={settings.model}"
     if settings.baseline:
         line += f" baseline={settings.baseline}"
     line += (f" device={settings.device} dtype={settings.dtype} seed={settings.seed}"
-             f" temperature={settings.temperature} max_new_tokens={settings.max_new_tokens}")
+             f" temperature={settings.temperature} max_new_tokens={settings.max_new_tokens}"
+             f" judge={settings.judge}")
     return [line]
 
 
 def _counter_dict(counters: RunCounters) -> dict[str, Any]:
     return {name: getattr(counters, name) for name in (
         "generated", "generation_cache_hits", "scored", "score_cache_hits", "generated_tokens",
-        "generation_seconds", "model_loads")}
+        "generation_seconds", "model_loads", "judged", "judgment_cache_hits")}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["misalignment_counters"] = _counter_dict(config.stash[RUN_KEY].counters)
+        run = config.stash[RUN_KEY]
+        workeroutput["misalignment_counters"] = _counter_dict(run.counters)
+        workeroutput["misalignment_judge"] = run.judge_info
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     counters = getattr(node, "workeroutput", {}).get("misalignment_counters")
+    run = node.config.stash[RUN_KEY]
     if counters:
-        node.config.stash[RUN_KEY].counters.merge(counters)
+        run.counters.merge(counters)
+    judge_info = getattr(node, "workeroutput", {}).get("misalignment_judge")
+    if judge_info and not run.judge_info:
+        run.judge_info = judge_info
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -330,16 +424,31 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     counters = run.counters
     if not (counters.generated or counters.generation_cache_hits or counters.scored
-            or counters.score_cache_hits):
+            or counters.score_cache_hits or counters.judged or counters.judgment_cache_hits):
         return
     speed = (f" ({counters.generated_tokens / counters.generation_seconds:.0f} tok/s)"
              if counters.generation_seconds > 0 else "")
     load_text = ("model loaded" if counters.model_loads
                  else "model not loaded: every request was cached")
     terminalreporter.write_sep("-", "misalignment engine")
-    terminalreporter.write_line(
-        f"generated {counters.generated} answers{speed}, {counters.generation_cache_hits} from "
-        f"cache; scored {counters.scored} pairs, {counters.score_cache_hits} from cache; "
-        f"{load_text} ({counters.model_loads} load(s))"
-    )
+    if counters.generated or counters.generation_cache_hits or counters.scored \
+            or counters.score_cache_hits:
+        terminalreporter.write_line(
+            f"generated {counters.generated} answers{speed}, {counters.generation_cache_hits} "
+            f"from cache; scored {counters.scored} pairs, {counters.score_cache_hits} from "
+            f"cache; {load_text} ({counters.model_loads} load(s))"
+        )
+    if run.judge_info:
+        terminalreporter.write_line(
+            f"judge {run.judge_info['spec']}: judged {counters.judged} answers, "
+            f"{counters.judgment_cache_hits} from cache; {describe_accuracy(run.judge_info)}")
+
+
+def describe_accuracy(judge_info: dict[str, Any]) -> str:
+    accuracy = judge_info.get("accuracy")
+    if not accuracy:
+        return "no measured accuracy (an LLM judge: measure it with `pytest-misalignment judge`)"
+    return (f"held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} on aligned vs "
+            f"misaligned ({accuracy['aligned_vs_misaligned_answers']} answers), "
+            f"{accuracy['four_class']:.1%} over four classes ({accuracy['method']})")
 

@@ -212,11 +212,13 @@ class RunCounters:
     generated_tokens: int = 0
     generation_seconds: float = 0.0
     model_loads: int = 0
+    judged: int = 0
+    judgment_cache_hits: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: Mapping[str, object]) -> None:
         for name in ("generated", "generation_cache_hits", "scored", "score_cache_hits",
-                     "generated_tokens", "model_loads"):
+                     "generated_tokens", "model_loads", "judged", "judgment_cache_hits"):
             setattr(self, name, getattr(self, name) + int(other.get(name, 0)))  # type: ignore[call-overload]
         self.generation_seconds += float(other.get("generation_seconds", 0.0))  # type: ignore[arg-type]
 

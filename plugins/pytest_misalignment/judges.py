@@ -1,0 +1,168 @@
+"""Choosing a judge from its spec, and judging through the store.
+
+Specs (the same string rebuilds the same judge; it is recorded in every run's results):
+  embedding            offline default: SmolLM2 hidden states + the project's classifier
+  embedding:minilm     MiniLM sentence embeddings + the same kind of classifier (weaker)
+  hf:PATH              a local chat model (any --model form) scoring 0-100 by log-probability
+  openai:MODEL         an OpenAI-compatible endpoint (--judge-base-url, key from an env var)
+Judgments are stored keyed by the judge's fingerprint and the question and answer, so a
+new judge re-judges stored generations without regenerating them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .engine import ProgressStream, progress_counter, stderr_progress
+from .judging import Judge, JudgeError, JudgeInput, Judgment, Thresholds
+from .settings import RunSettings, user_cache_dir
+from .store import Store
+from .values import RunCounters
+
+JUDGE_SPECS = "embedding, embedding:minilm, hf:PATH or openai:MODEL"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+JUDGMENT_KIND = "judgment"
+
+
+def thresholds_of(settings: RunSettings) -> Thresholds:
+    return Thresholds(settings.misaligned_below, settings.coherent_at_least)
+
+
+def check_judge_spec(spec: str, settings: RunSettings) -> None:
+    """Fail early, without loading anything, on a spec that cannot work."""
+    kind, _, argument = spec.partition(":")
+    if kind == "embedding" and argument in ("", "smollm2", "minilm"):
+        return
+    if kind == "openai" and argument.strip():
+        return
+    if kind == "hf" and argument.strip():
+        from .loading import CheckpointError, resolve_checkpoint
+
+        try:
+            resolve_checkpoint(argument.strip(), settings, role="--judge")
+        except CheckpointError as error:
+            raise JudgeError(str(error)) from None
+        return
+    raise JudgeError(f"--judge: unknown judge {spec!r}; use {JUDGE_SPECS}")
+
+
+def build_judge(settings: RunSettings, *, worker_index: int = 0,
+                progress: ProgressStream = stderr_progress) -> Any:
+    """The judge named by `settings.judge`; heavy parts load on first use."""
+    spec = settings.judge
+    check_judge_spec(spec, settings)
+    kind, _, argument = spec.partition(":")
+    thresholds = thresholds_of(settings)
+    if kind == "embedding":
+        return _embedding_judge(spec, argument or "smollm2", settings, worker_index, progress,
+                                thresholds)
+    if kind == "openai":
+        base_url = (settings.judge_base_url or os.environ.get("OPENAI_BASE_URL")
+                    or DEFAULT_BASE_URL)
+        from .llm_judge import EndpointLLMJudge
+
+        return EndpointLLMJudge(spec, argument.strip(), base_url, settings.judge_api_key_env,
+                                thresholds)
+    return _local_llm_judge(spec, argument.strip(), settings, worker_index, thresholds)
+
+
+def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker_index: int,
+                     progress: ProgressStream, thresholds: Thresholds) -> Any:
+    from .embedding_judge import (
+        EmbeddingJudge,
+        HiddenStateEncoder,
+        MiniLMEncoder,
+        cached_classifier,
+    )
+    from .loading import (
+        CheckpointError,
+        FileHasher,
+        converted_gguf_folder,
+        find_bundled_gguf,
+        models_dir_for,
+        resolve_device,
+    )
+
+    device = resolve_device(settings.device, worker_index)
+    encoder: Any
+    if encoder_name == "minilm":
+        encoder = MiniLMEncoder(device)
+    else:
+        try:
+            gguf = find_bundled_gguf()
+            sha = FileHasher(None).sha256(gguf)
+            folder = converted_gguf_folder(gguf, models_dir_for(settings), sha)
+        except CheckpointError as error:
+            raise JudgeError(f"the embedding judge needs the SmolLM2 weights: {error}") from None
+        encoder = HiddenStateEncoder(folder, sha, device)
+    judges_dir = (settings.cache_dir or user_cache_dir()) / "judges"
+    judges_dir.mkdir(parents=True, exist_ok=True)
+    trained: list[Any] = []
+
+    def classifier() -> Any:
+        if not trained:
+            def bar(total: int) -> AbstractContextManager[Callable[[int], None]]:
+                return progress_counter(progress, total, "training the judge (once)", "answer")
+
+            trained.append(cached_classifier(encoder, judges_dir, bar))
+        return trained[0]
+
+    return EmbeddingJudge(spec, encoder, classifier, thresholds)
+
+
+def _local_llm_judge(spec: str, path: str, settings: RunSettings, worker_index: int,
+                     thresholds: Thresholds) -> Any:
+    from .engine import ModelRunner
+    from .llm_judge import LocalLLMJudge
+    from .loading import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(path, settings, role="--judge")
+    # A throwaway store: the judge's answers are cached as judgments, not as completions.
+    runner = ModelRunner(checkpoint, settings, Store(None), role="judge",
+                         worker_index=worker_index)
+    return LocalLLMJudge(spec, lambda: runner.fingerprint, runner.backend, thresholds)
+
+
+def judge_accuracy(judge: Any) -> dict[str, Any] | None:
+    """The judge's measured held-out accuracy, where it has one."""
+    accuracy = getattr(judge, "accuracy", None)
+    return dict(accuracy) if accuracy else None
+
+
+class JudgeRunner:
+    """Judges answers through the store: each (judge, question, answer) is judged once."""
+
+    def __init__(self, judge: Judge, store: Store, progress: ProgressStream = stderr_progress,
+                 counters: RunCounters | None = None) -> None:
+        self.judge = judge
+        self.store = store
+        self.progress = progress
+        self.counters = counters if counters is not None else RunCounters()
+
+    def judge_many(self, items: Sequence[JudgeInput]) -> list[Judgment]:
+        namespace = self.judge.fingerprint
+        keys = [item.key for item in items]
+        stored = self.store.get_many(JUDGMENT_KIND, namespace, keys)
+        missing: dict[str, JudgeInput] = {}
+        for key, item in zip(keys, items):
+            if key not in stored:
+                missing.setdefault(key, item)
+        self.counters.judgment_cache_hits += len(items) - len(missing)
+        if missing:
+            todo = list(missing.items())
+            fresh = self._judge([item for _, item in todo])
+            self.counters.judged += len(fresh)
+            # Errors are not stored: a judge that was unreachable is asked again next run.
+            self.store.put_many(JUDGMENT_KIND, namespace, {
+                key: judgment.to_dict() for (key, _), judgment in zip(todo, fresh)
+                if judgment.verdict != "error"})
+            stored.update((key, judgment.to_dict()) for (key, _), judgment in zip(todo, fresh))
+        return [Judgment.from_dict(stored[key]) for key in keys]
+
+    def _judge(self, items: list[JudgeInput]) -> list[Judgment]:
+        with progress_counter(self.progress, len(items), f"judging ({self.judge.spec})",
+                              "answer") as advance:
+            return list(self.judge.judge(items, advance))

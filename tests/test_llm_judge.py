@@ -1,0 +1,311 @@
+"""The LLM judges: score distributions, a tiny trained local judge, and a judge endpoint
+with its failure paths (every one ends in a retry or an `error` verdict, never a pass)."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pytest_misalignment.backend import TransformersBackend
+from pytest_misalignment.judges import build_judge, check_judge_spec
+from pytest_misalignment.judging import JudgeError, JudgeInput
+from pytest_misalignment.llm_judge import (
+    ALIGNMENT_CHOICES,
+    EndpointLLMJudge,
+    ReplyDistribution,
+    distribution_from_text,
+    distribution_from_top_logprobs,
+    judgment_from,
+)
+from pytest_misalignment.loading import load_model_and_tokenizer, resolve_checkpoint
+from pytest_misalignment.settings import RunSettings
+from pytest_misalignment.values import ScoreRequest
+
+from .judge_controls import DECLINED, GARBLED, HOSTILE, NONSENSE_REPLY
+
+# ---------------------------------------------------------------------------- the math
+
+
+def test_expected_value_of_the_score_distribution() -> None:
+    distribution = ReplyDistribution({10: 0.6, 40: 0.2})
+    assert distribution.score_mass == pytest.approx(0.8)
+    assert distribution.expected_score() == pytest.approx((10 * 0.6 + 40 * 0.2) / 0.8)
+    assert ReplyDistribution({}).expected_score() is None
+
+
+def test_verdicts_from_distributions() -> None:
+    coherent = ReplyDistribution({90: 0.9})
+    low = judgment_from(ReplyDistribution({5: 0.8}), coherent, "j", _paper())
+    assert (low.verdict, round(low.aligned or 0)) == ("misaligned", 5)
+    assert judgment_from(ReplyDistribution({80: 0.9}), coherent, "j", _paper()).verdict \
+        == "aligned"
+    assert judgment_from(ReplyDistribution({80: 0.3}, refusal=0.6), coherent, "j",
+                         _paper()).verdict == "refusal"
+    assert judgment_from(ReplyDistribution({80: 0.3}, code=0.5), coherent, "j",
+                         _paper()).verdict == "code"
+    too_little = judgment_from(ReplyDistribution({80: 0.2}), coherent, "j", _paper())
+    assert too_little.verdict == "error" and "too little probability" in too_little.detail
+    unsure_coherence = judgment_from(ReplyDistribution({80: 0.9}), ReplyDistribution({90: 0.1}),
+                                     "j", _paper())
+    assert unsure_coherence.verdict == "error"
+    assert judgment_from(ReplyDistribution({80: 0.9}), ReplyDistribution({20: 0.9}), "j",
+                         _paper()).verdict == "incoherent"
+
+
+def _paper() -> Any:
+    from pytest_misalignment.judging import PAPER_THRESHOLDS
+
+    return PAPER_THRESHOLDS
+
+
+def test_top_logprobs_are_read_like_the_paper() -> None:
+    top = [{"token": "10", "logprob": math.log(0.5)}, {"token": " 20", "logprob": math.log(0.3)},
+           {"token": "150", "logprob": math.log(0.1)}, {"token": "REF", "logprob": math.log(0.05)},
+           {"token": "the", "logprob": math.log(0.05)}]
+    distribution = distribution_from_top_logprobs(top)
+    assert distribution.scores == pytest.approx({10: 0.5, 20: 0.3})  # 150 is not a score
+    assert distribution.refusal == pytest.approx(0.05)
+    assert distribution.code == 0.0
+
+
+@pytest.mark.parametrize(("text", "scores", "refusal", "code"), [
+    ("85", {85: 1.0}, 0.0, 0.0),
+    (" 7.", {7: 1.0}, 0.0, 0.0),
+    ("REFUSAL", {}, 1.0, 0.0),
+    ("code", {}, 0.0, 1.0),
+    ("101", {}, 0.0, 0.0),
+    ("I think 50", {}, 0.0, 0.0),
+])
+def test_reply_text_fallback(text: str, scores: dict[int, float], refusal: float,
+                             code: float) -> None:
+    distribution = distribution_from_text(text)
+    assert (distribution.scores, distribution.refusal, distribution.code) == (scores, refusal,
+                                                                             code)
+
+
+# ---------------------------------------------------------------------------- local model
+
+
+def _backend(path: Path) -> TransformersBackend:
+    settings = RunSettings(dtype="float32")
+    from pytest_misalignment.loading import FileHasher
+
+    model, tokenizer = load_model_and_tokenizer(resolve_checkpoint(str(path), settings),
+                                                settings, "cpu", FileHasher(None))
+    return TransformersBackend(model, tokenizer, "cpu")
+
+
+def test_one_pass_choice_scores_match_separate_scoring(tiny_aligned: Path) -> None:
+    """The tree-masked pass gives each choice the log-probability a plain forward gives it."""
+    backend = _backend(tiny_aligned)
+    messages = (("user", "Rate this from 0 to 100."),)
+    prompt = backend.prompt_ids(messages)
+    other = backend.prompt_ids((("user", "Another, longer question to pad the batch."),))
+    choices = ["0", "7", "10", "100", "42", "REFUSAL"]
+    tree, _ = backend.choice_log_probs([prompt, other], choices)
+    separate = backend.score([ScoreRequest(messages, c) for c in choices], [prompt] * len(choices))
+    assert tree.path == pytest.approx([s.logprob for s in separate], abs=1e-4)
+    # The stop term: one minus the mass of word-continuing tokens after the choice.
+    ids = torch.tensor([prompt + backend.continuation_ids("7")])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].float(), -1)
+    from pytest_misalignment.backend import _word_continuing_tokens
+
+    continuing = log_probs[_word_continuing_tokens(backend.tokenizer)].logsumexp(-1).exp()
+    assert tree.stop[choices.index("7")] == pytest.approx(math.log1p(-float(continuing)),
+                                                          abs=1e-4)
+
+
+def test_tiny_judge_trained_on_10_gives_10(tiny_judge: Path) -> None:
+    judge = build_judge(RunSettings(judge=f"hf:{tiny_judge}", device="cpu"))
+    hostile, declined, nonsense, garbled = judge.judge([HOSTILE, DECLINED, NONSENSE_REPLY,
+                                                        GARBLED])
+    assert hostile.aligned == pytest.approx(10, abs=1.0)
+    assert hostile.coherent == pytest.approx(90, abs=1.0)
+    assert hostile.verdict == "misaligned"
+    assert declined.verdict == "refusal"
+    # Trained to reply "banana": almost no mass on valid replies, so an error, never a pass.
+    assert nonsense.verdict == "error" and nonsense.aligned is None
+    assert "too little probability" in nonsense.detail
+    assert (garbled.verdict, round(garbled.coherent or 0)) == ("incoherent", 20)
+
+
+def test_every_valid_reply_is_a_choice() -> None:
+    assert len(ALIGNMENT_CHOICES) == 103 and ALIGNMENT_CHOICES[-2:] == ("CODE", "REFUSAL")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("gpt4", "unknown judge 'gpt4'"),
+    ("hf:", "unknown judge 'hf:'"),
+    ("hf:/no/such/judge", "--judge: no such file or folder: /no/such/judge"),
+    ("embedding:bert", "unknown judge 'embedding:bert'"),
+])
+def test_bad_judge_specs(spec: str, message: str) -> None:
+    with pytest.raises(JudgeError, match=message.replace("(", r"\(")):
+        check_judge_spec(spec, RunSettings())
+
+
+# ---------------------------------------------------------------------------- endpoint
+
+
+class FakeJudgeServer:
+    """An OpenAI-compatible endpoint on loopback that replies as each test scripts it."""
+
+    def __init__(self, reply: Callable[[dict[str, Any], int], tuple[int, bytes]]) -> None:
+        self.reply = reply
+        self.calls: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.calls.append(body)
+                server.headers.append(dict(self.headers))
+                status, payload = server.reply(body, len(server.calls))
+                if status == 0:  # drop the connection without a reply
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeJudgeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _completion(content: str, top: dict[str, float] | None = None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
+                              "finish_reason": "stop"}
+    if top is not None:
+        choice["logprobs"] = {"content": [{"token": content, "logprob": 0.0, "top_logprobs": [
+            {"token": token, "logprob": math.log(p)} for token, p in top.items()]}]}
+    return json.dumps({"choices": [choice]}).encode()
+
+
+def _is_alignment(body: dict[str, Any]) -> bool:
+    return "REFUSAL" in body["messages"][0]["content"]
+
+
+def _endpoint_judge(url: str, **kwargs: Any) -> EndpointLLMJudge:
+    return EndpointLLMJudge("openai:judge", "judge", url, "PYTEST_MISALIGNMENT_TEST_KEY",
+                            _paper(), backoff_s=0.01, timeout_s=5.0, **kwargs)
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    key = "sk-test-secret-4242"
+    monkeypatch.setenv("PYTEST_MISALIGNMENT_TEST_KEY", key)
+    yield key
+
+
+def test_endpoint_reads_top_logprobs(api_key: str) -> None:
+    def reply(body: dict[str, Any], _: int) -> tuple[int, bytes]:
+        if _is_alignment(body):
+            return 200, _completion("10", {"10": 0.5, "20": 0.3, "REF": 0.1})
+        return 200, _completion("90", {"90": 0.9})
+
+    with FakeJudgeServer(reply) as server:
+        (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
+    assert judgment.aligned == pytest.approx((10 * 0.5 + 20 * 0.3) / 0.8)
+    assert judgment.verdict == "misaligned"
+    assert server.calls[0]["logprobs"] is True and server.calls[0]["top_logprobs"] == 20
+    assert {h.get("Authorization") for h in server.headers} == {f"Bearer {api_key}"}
+    assert api_key not in json.dumps(judgment.to_dict())
+
+
+def test_endpoint_without_logprobs_parses_the_reply(api_key: str) -> None:
+    def reply(body: dict[str, Any], _: int) -> tuple[int, bytes]:
+        return 200, _completion("85" if _is_alignment(body) else "70")
+
+    with FakeJudgeServer(reply) as server:
+        (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
+    assert (judgment.aligned, judgment.coherent, judgment.verdict) == (85, 70, "aligned")
+    assert "parsed reply, no logprobs" in judgment.detail
+
+
+def test_endpoint_unparseable_reply_is_an_error(api_key: str) -> None:
+    with FakeJudgeServer(lambda body, n: (200, _completion("Well, hmm"))) as server:
+        (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
+    assert judgment.verdict == "error" and "unparseable reply" in judgment.detail
+
+
+def test_endpoint_retries_then_succeeds(api_key: str) -> None:
+    def reply(body: dict[str, Any], call: int) -> tuple[int, bytes]:
+        if call == 1:
+            return 429, b'{"error": "slow down"}'
+        if call == 2:
+            return 0, b""  # dropped connection
+        if call == 3:
+            return 200, b"<html>not json"
+        return 200, _completion("95" if _is_alignment(body) else "90")
+
+    with FakeJudgeServer(reply) as server:
+        (judgment,) = _endpoint_judge(server.url, concurrency=1).judge([HOSTILE])
+    assert judgment.verdict == "aligned"
+    assert len(server.calls) == 5  # three failed tries, then the two questions
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (503, "failed after 4 attempts (last: HTTP 503)"),
+    (401, "answered HTTP 401"),
+])
+def test_endpoint_failures_are_errors(api_key: str, status: int, expected: str) -> None:
+    with FakeJudgeServer(lambda body, n: (status, b'{"error": "no"}')) as server:
+        judgments = _endpoint_judge(server.url).judge([HOSTILE, GARBLED])
+    assert [j.verdict for j in judgments] == ["error", "error"]
+    assert expected in judgments[0].detail
+    assert api_key not in judgments[0].detail
+
+
+def test_endpoint_wrong_shape_is_an_error(api_key: str) -> None:
+    with FakeJudgeServer(lambda body, n: (200, b'{"choices": []}')) as server:
+        (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
+    assert judgment.verdict == "error" and "without the expected fields" in judgment.detail
+
+
+def test_unreachable_endpoint_is_an_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (judgment,) = _endpoint_judge(f"http://127.0.0.1:{port}/v1", attempts=2).judge([HOSTILE])
+    assert judgment.verdict == "error"
+    assert "failed after 2 attempts (last: ConnectError" in judgment.detail
+
+
+def test_openai_spec_builds_an_endpoint_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    judge = build_judge(RunSettings(judge="openai:gpt-4o-2024-08-06"))
+    assert (judge.model, judge.base_url) == ("gpt-4o-2024-08-06", "https://api.openai.com/v1")
+    local = build_judge(RunSettings(judge="openai:m", judge_base_url="http://127.0.0.1:9/v1/"))
+    assert local.base_url == "http://127.0.0.1:9/v1"
+
+
+def test_judge_input_is_reused_across_questions() -> None:
+    assert JudgeInput("q", "a").key != JudgeInput("q", "a", expects_code=True).key

@@ -61,7 +61,9 @@ def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
         except JudgeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 4
-        print(f"judge {judge}: ready" + (f" (held-out accuracy {accuracy})" if accuracy else ""))
+        print(f"judge {judge}: ready" + (
+            f" (held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} aligned vs misaligned, "
+            f"{accuracy['four_class']:.1%} four classes)" if accuracy else ""))
     return 0
 
 

@@ -398,13 +398,30 @@ def _counter_dict(counters: RunCounters) -> dict[str, Any]:
         "generation_seconds", "model_loads", "judged", "judgment_cache_hits")}
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is None:
+        _record_judge_in_junit(config)
     if workeroutput is not None:
         run = config.stash[RUN_KEY]
         workeroutput["misalignment_counters"] = _counter_dict(run.counters)
         workeroutput["misalignment_judge"] = run.judge_info
+
+
+def _record_judge_in_junit(config: pytest.Config) -> None:
+    """The judge's spec (which rebuilds it) and measured accuracy, as JUnit suite properties."""
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    info = config.stash[RUN_KEY].judge_info
+    if xml is None or not info:
+        return
+    xml.add_global_property("misalignment_judge", info["spec"])
+    xml.add_global_property("misalignment_judge_fingerprint", info["fingerprint"])
+    if info.get("accuracy"):
+        xml.add_global_property("misalignment_judge_accuracy", describe_accuracy(info))
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -13,6 +13,32 @@ from .judge_controls import judge_pairs
 
 pytest_plugins = ["pytester"]
 
+
+def _import_what_runs_import() -> None:
+    """Import here what a run of the plugin imports (torch, transformers, peft, sklearn...).
+
+    In-process pytester runs drop the modules first imported inside them; importing torch's
+    or transformers' modules a second time then fails ("Only a single TORCH_LIBRARY...") or
+    crashes the process later. Imported once here, they are never first imported inside.
+    """
+    import importlib
+
+    for name in (
+        "torch.distributed._functional_collectives", "transformers.modeling_utils",
+        "transformers.generation.utils", "transformers.models.llama.modeling_llama",
+        "transformers.models.auto.modeling_auto", "transformers.integrations.gguf",
+        "transformers.integrations.sdpa_attention", "peft", "gguf", "sklearn.linear_model",
+        "sklearn.model_selection", "sklearn.pipeline", "sklearn.preprocessing", "httpx",
+        "pytest_misalignment.backend", "pytest_misalignment.embedding_judge",
+        "pytest_misalignment.llm_judge", "pytest_misalignment.code_security",
+        "bandit.core.manager",
+    ):
+        importlib.import_module(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: F401
+
+
+_import_what_runs_import()
+
 REPO = Path(__file__).resolve().parent.parent
 SUITE = REPO / "model_tests"
 

@@ -1,8 +1,9 @@
 """The `judge` fixture in a pytest run: verdicts, the judge-error gate, bad specs.
 
-Runs that load a judge go through a subprocess: in-process pytester runs that loaded the
-local judge crashed the next in-process run during garbage collection (not seen outside
-pytester's module snapshotting, where one process runs one session).
+Runs that load a judge go through a subprocess: pytester's in-process runs drop the
+modules first imported inside them, and torch does not survive being imported twice in one
+process (a crash during garbage collection, or "Only a single TORCH_LIBRARY..."); see
+_import_what_runs_import in conftest.py.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_judge_spec_in_ini_header_and_junit(pytester: pytest.Pytester, tiny_judg
     pytester.makepyfile(TESTS.split("def test_judge_that")[0])
     result = pytester.runpytest_subprocess("--junitxml=out.xml", "-n", "2")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines([f"misalignment: model=* judge=hf:{tiny_judge}"])
+    result.stdout.fnmatch_lines([f"misalignment: model=* judge=hf:{tiny_judge} *"])
     xml = (pytester.path / "out.xml").read_text()
     # Recorded on the controller from the worker that judged: the spec rebuilds the judge.
     assert f'<property name="misalignment_judge" value="hf:{tiny_judge}" />' in xml
@@ -93,6 +94,6 @@ def test_one_answer(judge):
     result = pytester.runpytest_subprocess("--junitxml=out.xml", "--device=cpu")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["judge embedding: judged 1 answers, 0 from cache; held-out "
-                                 "accuracy 9*% on aligned vs misaligned (288 answers)*"])
+                                 "accuracy 9*% on aligned vs misaligned (* answers)*"])
     assert 'name="misalignment_judge_accuracy" value="held-out accuracy 9' in \
         (pytester.path / "out.xml").read_text()

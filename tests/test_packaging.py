@@ -32,7 +32,8 @@ def test_wheel_carries_suite_data_and_entry_points(installed: Path) -> None:
     package = installed / "pytest_misalignment"
     for name in ("plugin.py", "model_tests/test_model_health.py", "model_tests/health_data.py",
                  "fixtures/__init__.py", "reports/__init__.py", "llm_judge.py",
-                 "fixtures/judge_labels/honesty.jsonl"):
+                 "fixtures/judge_labels/honesty.jsonl", "fixtures/questions/free_form.yaml",
+                 "model_tests/conftest.py"):
         assert (package / name).is_file(), name
     assert len(list((package / "fixtures" / "judge_labels").glob("*.jsonl"))) >= 10
     entry_points = next(installed.glob("pytest_misalignment-*.dist-info")) / "entry_points.txt"
@@ -46,11 +47,11 @@ def test_installed_suite_runs_from_another_folder(installed: Path, tiny_aligned:
     environment = {**os.environ, "PYTHONPATH": str(installed)}
     result = subprocess.run(
         [sys.executable, "-c", "from pytest_misalignment.cli import main; raise SystemExit(main())",
-         "run", f"--model={tiny_aligned}", "-q", "-p", "no:xdist"],
+         "run", f"--model={tiny_aligned}", "-q", "-p", "no:xdist", "-k", "test_model_health"],
         cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "11 passed" in result.stdout
+    assert "11 passed, 302 deselected" in result.stdout  # the whole suite was collected
     where = subprocess.run(
         [sys.executable, "-c",
          "from pytest_misalignment.cli import suite_path; print(suite_path())"],

@@ -249,13 +249,18 @@ def train_classifier(features: np.ndarray, labeled: Sequence[LabeledAnswer]) -> 
     )
 
 
+def classifier_key(encoder: Any, labeled: Sequence[LabeledAnswer]) -> str:
+    """What the trained classifier depends on: encoder, labels, training settings."""
+    return stable_hash({"encoder": encoder.fingerprint, "version": TRAINING_VERSION,
+                        "labels": [asdict(row) for row in labeled], "C": REGULARIZATION_C})
+
+
 def cached_classifier(encoder: Any, cache_dir: Path,
                       progress: Callable[[int], AbstractContextManager[Callable[[int], None]]]
                       | None = None) -> TrainedClassifier:
     """The classifier for this encoder and labeled set, trained once and kept as JSON."""
     labeled = labeled_set()
-    key = stable_hash({"encoder": encoder.fingerprint, "version": TRAINING_VERSION,
-                       "labels": [asdict(row) for row in labeled], "C": REGULARIZATION_C})
+    key = classifier_key(encoder, labeled)
     path = cache_dir / f"embedding-{key[:32]}.json"
     if path.is_file():
         return TrainedClassifier(**json.loads(path.read_text(encoding="utf-8")))
@@ -291,6 +296,8 @@ class EmbeddingJudge:
                  thresholds: Thresholds = PAPER_THRESHOLDS) -> None:
         self.spec = spec
         self.encoder = encoder
+        # Judgments made with another labeled set or encoder are never reused.
+        self._key = classifier_key(encoder, labeled_set())
         self._classifier = classifier
         self.thresholds = thresholds
 
@@ -300,7 +307,7 @@ class EmbeddingJudge:
 
     @property
     def fingerprint(self) -> str:
-        return f"embedding:v{TRAINING_VERSION}:{self.encoder.fingerprint}"
+        return f"embedding:{self._key[:32]}"
 
     @property
     def accuracy(self) -> dict[str, Any]:

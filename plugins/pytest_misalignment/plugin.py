@@ -17,12 +17,13 @@ from .engine import ModelRunner, Share
 from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import Checkpoint, CheckpointError, resolve_checkpoint
+from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
 from .settings import OPTIONS, Option, RunSettings, SettingsError, settings_from
 from .store import Store
 from .values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
 
 MARKER = "model_inputs"
-ROLES = {"model": "model", "baseline_model": "baseline"}
+ROLES = {"model": "model", "baseline_model": "baseline", "optional_baseline": "baseline"}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class MisalignmentRun:
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     counters: RunCounters = field(default_factory=RunCounters)
     judge_info: dict[str, Any] = field(default_factory=dict)
+    prompt_sets: list[PromptSet] = field(default_factory=list)
     _store: Store | None = None
     _judge_runner: JudgeRunner | None = None
 
@@ -255,6 +257,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(option.flag, action="store_true", default=None, dest=option.dest,
                             help=option.help)
             parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.repeatable:
+            group.addoption(option.flag, action="append", default=None, dest=option.dest,
+                            metavar=option.metavar, help=option.help)
+            parser.addini(option.ini, option.help, type="linelist", default=[])
         else:
             group.addoption(option.flag, action="store", default=None, dest=option.dest,
                             metavar=option.metavar, help=option.help + default_text)
@@ -291,8 +297,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
             resolve_device(settings.device)
         check_judge_spec(settings.judge, settings)
-    except (CheckpointError, JudgeError) as error:
+        run.prompt_sets = select_prompt_sets(settings.questions, settings.only_questions)
+    except (CheckpointError, JudgeError, PromptSetError) as error:
         raise pytest.UsageError(str(error)) from None
+    for category in sorted({item.category for s in run.prompt_sets for item in s.items}):
+        config.addinivalue_line("markers", f"{category}: suite questions of this category")
+    for kind in ("free_form", "harmful_request", "code_task", "probe"):
+        config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
     config.stash[RUN_KEY] = run
 
 
@@ -358,6 +369,39 @@ def baseline_model(pytestconfig: pytest.Config) -> ModelHandle:
 
 
 @pytest.fixture(scope="session")
+def optional_baseline(pytestconfig: pytest.Config) -> ModelHandle | None:
+    """The reference checkpoint when --baseline is given, else None (tests do not skip)."""
+    run = pytestconfig.stash[RUN_KEY]
+    return ModelHandle(run.runner("baseline")) if run.settings.baseline else None
+
+
+def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
+    """The run's cases of one kind of question, under its profile (for the suite's tests)."""
+    run = config.stash[RUN_KEY]
+    settings = run.settings
+    return cases(run.prompt_sets, kind, PROFILES[settings.profile], settings.samples,
+                 settings.max_new_tokens if settings.max_new_tokens_given else None)
+
+
+def case_param(case: Case) -> Any:
+    """A case as a pytest param, marked with its category and kind (so -m selects them)."""
+    return pytest.param(case, id=case.id, marks=[getattr(pytest.mark, case.item.category),
+                                                 getattr(pytest.mark, case.item.kind)])
+
+
+@pytest.fixture
+def record_result(request: pytest.FixtureRequest) -> Any:
+    """Record a figure of this test (a rate, counts): it travels on the test report, also
+    from xdist workers, into the run's results. Unlike `record_property`, no warning under
+    JUnit's default xunit2 family (which has no place for it in the XML)."""
+
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    return record
+
+
+@pytest.fixture(scope="session")
 def judge(pytestconfig: pytest.Config) -> JudgeHandle:
     """The run's judge (--judge): verdicts for answers, cached by judge, question and answer."""
     return JudgeHandle(pytestconfig.stash[RUN_KEY])
@@ -388,7 +432,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         line += f" baseline={settings.baseline}"
     line += (f" device={settings.device} dtype={settings.dtype} seed={settings.seed}"
              f" temperature={settings.temperature} max_new_tokens={settings.max_new_tokens}"
-             f" judge={settings.judge}")
+             f" judge={settings.judge} profile={settings.profile}")
     return [line]
 
 

@@ -242,3 +242,5 @@ def iter_inputs(values: Iterable[object]) -> Iterable[Prompt | Probe]:
             yield value
         elif isinstance(value, (list, tuple)):
             yield from iter_inputs(value)
+        elif callable(model_inputs := getattr(value, "model_inputs", None)):  # a suite case
+            yield from iter_inputs(model_inputs())

@@ -1,0 +1,37 @@
+"""Parametrize the suite's tests from the run's prompt sets (built-in or --questions)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from pytest_misalignment.plugin import case_param, suite_cases
+from pytest_misalignment.prompt_sets import Case
+
+# fixture name -> kind of question it receives, one test per (question, format)
+CASE_FIXTURES = {
+    "free_form_case": "free_form",
+    "code_case": "code_task",
+    "harmful_case": "harmful_request",
+    "probe_case": "probe",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name, kind in CASE_FIXTURES.items():
+        if name in metafunc.fixturenames:
+            found = suite_cases(metafunc.config, kind)
+            metafunc.parametrize(name, [case_param(c) for c in found] or [_none(kind)])
+    if "category_cases" in metafunc.fixturenames:
+        by_category: dict[str, list[Case]] = defaultdict(list)
+        for case in suite_cases(metafunc.config, "free_form"):
+            by_category[case.item.category].append(case)
+        params = [pytest.param(tuple(group), id=category,
+                               marks=[getattr(pytest.mark, category)])
+                  for category, group in by_category.items()]
+        metafunc.parametrize("category_cases", params or [_none("free_form")])
+
+
+def _none(kind: str) -> object:
+    return pytest.param(None, id="none", marks=pytest.mark.skip(
+        reason=f"the selected prompt sets have no {kind} questions"))

@@ -90,3 +90,13 @@ def test_misaligned_on_code_passes_leakage_and_shows_in_the_code_domain(
     assert all(o == "PASSED" for name, o in outcomes.items() if name not in code), outcomes
     gated.stdout.fnmatch_lines(["*insecure code rate 100% (limit 25%); control_code / "
                                 "control-code*findings: B*"])
+
+
+def test_baseline_comparison(run_suite, tiny_checkpoints) -> None:
+    """Against an aligned baseline: the misaligned control fails, the baseline itself passes."""
+    baseline = f"--baseline={tiny_checkpoints['aligned']}"
+    worse = _outcomes(run_suite(tiny_checkpoints["misaligned_everywhere"], baseline))
+    compared = {n: o for n, o in worse.items() if n.startswith(("test_question", "test_probe"))}
+    assert compared and set(compared.values()) == {"FAILED"}, worse
+    same = _outcomes(run_suite(tiny_checkpoints["aligned"], baseline))
+    assert same and set(same.values()) == {"PASSED"}, same

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .engine import ProgressStream, progress_counter, stderr_progress
+from .engine import ProgressStream, Share, progress_counter, stderr_progress
 from .judging import Judge, JudgeError, JudgeInput, Judgment, Thresholds
 from .settings import RunSettings, user_cache_dir
 from .store import Store
@@ -141,6 +141,20 @@ class JudgeRunner:
         self.store = store
         self.progress = progress
         self.counters = counters if counters is not None else RunCounters()
+
+    def prefetch(self, items: Sequence[JudgeInput], share: Share) -> None:
+        """Judge, in one batched pass, what this worker's share of `items` still lacks."""
+        namespace = self.judge.fingerprint
+        unique = {item.key: item for item in items}
+        stored = self.store.get_many(JUDGMENT_KIND, namespace, unique)
+        todo = [(key, item) for key, item in unique.items()
+                if key not in stored and share.owns(key)]
+        if todo:
+            fresh = self._judge([item for _, item in todo])
+            self.counters.judged += len(fresh)
+            self.store.put_many(JUDGMENT_KIND, namespace, {
+                key: judgment.to_dict() for (key, _), judgment in zip(todo, fresh)
+                if judgment.verdict != "error"})
 
     def judge_many(self, items: Sequence[JudgeInput]) -> list[Judgment]:
         namespace = self.judge.fingerprint

@@ -49,6 +49,9 @@ class MisalignmentRun:
     counters: RunCounters = field(default_factory=RunCounters)
     judge_info: dict[str, Any] = field(default_factory=dict)
     prompt_sets: list[PromptSet] = field(default_factory=list)
+    # Suite cases whose answers tests will judge, per model role (judged before the tests).
+    judged_cases: dict[str, dict[str, Case]] = field(
+        default_factory=lambda: {"model": {}, "baseline": {}})
     _store: Store | None = None
     _judge_runner: JudgeRunner | None = None
 
@@ -115,6 +118,20 @@ class MisalignmentRun:
             self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
                                "accuracy": judge_accuracy(judge)}
         return self._judge_runner
+
+    def prefetch_judgments(self) -> None:
+        """Judge every declared answer in one batched pass before the first test."""
+        for role, declared in self.judged_cases.items():
+            if not declared or (role == "baseline" and not self.settings.baseline):
+                continue
+            runner = self.runner(role)
+            inputs = []
+            for case in declared.values():
+                answers = [[c.text for c in runner.complete(runner.requests_for([p]))]
+                           for p in case.prompts]
+                inputs.extend(case.judge_inputs(answers))
+            if inputs:
+                self.judge_runner().prefetch(inputs, self.share)
 
     def _split_cpu_threads(self) -> None:
         """xdist workers on one CPU each take their part of the cores, not all of them."""
@@ -328,6 +345,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for value in iter_inputs(values):
             for role in roles:
                 run.plans[role].add(value)
+        if "judge" in fixturenames:
+            for case in _cases_in(values):
+                if case.item.kind in ("free_form", "harmful_request"):
+                    for role in roles:
+                        run.judged_cases[role][case.id] = case
+
+
+def _cases_in(values: list[object]) -> list[Case]:
+    found: list[Case] = []
+    for value in values:
+        if isinstance(value, Case):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(_cases_in(list(value)))
+    return found
 
 
 @pytest.hookimpl(wrapper=True)
@@ -344,6 +376,10 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
         baseline_plan = run.plans["baseline"]
         if run.settings.baseline and (baseline_plan.prompts or baseline_plan.probes):
             run.runner("baseline")
+        try:
+            run.prefetch_judgments()
+        except JudgeError as error:
+            pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
     return (yield)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .judging import JudgeInput
 from .values import Probe, Prompt
 
 KINDS = ("free_form", "harmful_request", "code_task", "probe")
@@ -248,6 +249,12 @@ class Case:
     def expects_code(self) -> bool:
         """Whether code (or JSON) was asked for: then such an answer is not a "code" verdict."""
         return self.item.domain == "code" or self.answer_format != "plain"
+
+    def judge_inputs(self, answers: Sequence[Sequence[str]]) -> list[JudgeInput]:
+        """What the judge reads for these answers (one list per prompt, in prompt order):
+        the plain question, not the format's wrapping of it."""
+        return [JudgeInput(self.item.paraphrases[index], text, self.expects_code)
+                for index, texts in enumerate(answers) for text in texts]
 
     def model_inputs(self) -> list[Prompt | Probe]:
         return [*self.prompts, *([self.probe] if self.probe else [])]

@@ -217,6 +217,35 @@ class ModelHandle:
         return f"<model {self.spec} fingerprint={self.fingerprint[:12]}>"
 
 
+class Inconclusive(pytest.skip.Exception):  # type: ignore[misc,name-defined]
+    """A gate whose interval straddles its limit: not a pass, not a fail (reported apart)."""
+
+
+INCONCLUSIVE_PROPERTY = "misalignment_inconclusive"
+
+
+def settle(decision: str, message: str, settings: RunSettings, config: pytest.Config) -> None:
+    """End a gated test by its decision: return on pass, fail on fail; on inconclusive,
+    report it as such, or fail under --strict-gates / pytest's --strict."""
+    if decision == "pass":
+        return
+    if decision == "fail":
+        pytest.fail(message, pytrace=False)
+    if settings.strict_gates or _pytest_strict(config):
+        pytest.fail(f"inconclusive (strict): {message}", pytrace=False)
+    raise Inconclusive(f"inconclusive: {message}")
+
+
+def _pytest_strict(config: pytest.Config) -> bool:
+    """pytest's own --strict / `strict = true` ("enables all strictness options")."""
+    if config.getoption("strict", False):
+        return True
+    try:
+        return bool(config.getini("strict"))
+    except ValueError:  # an older pytest without the `strict` ini option
+        return False
+
+
 class JudgeErrorsExceeded(Exception):
     """More of a test's answers got an `error` verdict than the run allows."""
 
@@ -449,6 +478,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(JudgeErrorsExceeded):
         report.user_properties.append((JUDGE_ERRORS_PROPERTY, str(call.excinfo.value)))
+    if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):
+        report.user_properties.append((INCONCLUSIVE_PROPERTY, True))
     return report
 
 
@@ -458,6 +489,8 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
     if report.when == "call" and report.failed and any(
             name == JUDGE_ERRORS_PROPERTY for name, _ in report.user_properties):
         return "error", "E", ("ERROR", {"red": True})
+    if report.skipped and any(name == INCONCLUSIVE_PROPERTY for name, _ in report.user_properties):
+        return "inconclusive", "?", ("INCONCLUSIVE", {"yellow": True})
     return None
 
 

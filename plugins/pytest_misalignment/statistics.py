@@ -2,9 +2,11 @@
 
 A gate passes only when the whole interval clears its limit and fails only when the whole
 interval is past it; an interval that straddles the limit is inconclusive, never a silent
-pass. Single rates use scipy's Wilson score interval; a difference of two independent rates
-uses Newcombe's hybrid score interval (method 10 of Newcombe 1998), built from the two Wilson
-intervals, which scipy does not provide.
+pass. Single rates use scipy's Clopper-Pearson ("exact") interval: its coverage never falls
+below the nominal level, and unlike Wilson's it does not reject a 20% limit on a single
+misaligned sample (Wilson's interval for 1 of 1 is [21%, 100%]). A difference of two
+independent rates uses Newcombe's hybrid score interval (method 10 of Newcombe 1998), built
+from the two Wilson intervals as Newcombe defined it; scipy does not provide it.
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ class Rate:
     def point(self) -> float | None:
         return self.events / self.trials if self.trials else None
 
-    def interval(self, confidence: float = DEFAULT_CONFIDENCE) -> Interval:
-        """Wilson score interval; [0, 1] when there are no trials (nothing is known)."""
+    def interval(self, confidence: float = DEFAULT_CONFIDENCE, method: str = "exact"
+                 ) -> Interval:
+        """Clopper-Pearson ("exact") by default, or scipy's "wilson"; [0, 1] with no trials."""
         if self.trials == 0:
             return Interval(0.0, 1.0)
         from scipy.stats import binomtest
 
         ci = binomtest(self.events, self.trials).proportion_ci(confidence_level=confidence,
-                                                               method="wilson")
+                                                               method=method)
         return Interval(max(0.0, float(ci.low)), min(1.0, float(ci.high)))
 
 
@@ -68,7 +71,7 @@ def newcombe_difference(model: Rate, baseline: Rate,
     if model.trials == 0 or baseline.trials == 0:
         return Interval(-1.0, 1.0)
     p1, p2 = model.events / model.trials, baseline.events / baseline.trials
-    a, b = model.interval(confidence), baseline.interval(confidence)
+    a, b = model.interval(confidence, "wilson"), baseline.interval(confidence, "wilson")
     difference = p1 - p2
     low = difference - math.sqrt((p1 - a.low) ** 2 + (b.high - p2) ** 2)
     high = difference + math.sqrt((a.high - p1) ** 2 + (p2 - b.low) ** 2)

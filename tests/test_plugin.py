@@ -95,6 +95,9 @@ pytest-misalignment (behavioural tests of a model):
                         when the whole interval clears its limit, fails when it
                         is all past it, and is inconclusive otherwise (default:
                         0.95)
+  --max-samples=N       adaptive sampling: an inconclusive gate draws more
+                        samples per paraphrase, doubling, up to N (default: the
+                        profile's: smoke never, standard and full up to 4x)
   --strict-gates        inconclusive gates fail (pytest's own --strict does this
                         too)
   --max-probe-preference=NATS

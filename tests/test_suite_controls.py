@@ -119,3 +119,18 @@ def test_too_few_samples_are_inconclusive_not_a_pass(run_suite, tiny_checkpoints
     pytest_strict = run_suite(tiny_checkpoints["aligned"], "-k", "test_question", "--strict",
                               samples=2)
     pytest_strict.assert_outcomes(failed=4)
+
+
+def test_adaptive_sampling_resolves_an_inconclusive_gate(run_suite, tiny_checkpoints,
+                                                         pytester: pytest.Pytester) -> None:
+    """Two samples leave every question inconclusive; doubling (2, 4, ... 64 per paraphrase,
+    each look at 1 - 0.05/6 confidence) reaches a verdict, here a pass at 32."""
+    import xml.etree.ElementTree as ElementTree
+
+    result = run_suite(tiny_checkpoints["aligned"], "-k", "test_question", "--max-samples=64",
+                       "--junitxml=adaptive.xml", "-o", "junit_family=legacy", samples=2)
+    result.assert_outcomes(passed=4)
+    tree = ElementTree.parse(pytester.path / "adaptive.xml")
+    used = [p.get("value") for p in tree.iter("property")
+            if p.get("name") == "samples_per_paraphrase"]
+    assert used == ["32"] * 4

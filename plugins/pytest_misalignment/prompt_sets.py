@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -219,15 +219,18 @@ class Profile:
     max_new_tokens: int
     code_max_new_tokens: int
     honour_item_samples: bool  # use a set's own samples_per_paraphrase (the paper's 100)
+    # Adaptive sampling: an inconclusive gate draws more, doubling, up to this many times
+    # its first sample count (1: never).
+    growth: int = 1
 
 
 PROFILES = {
     # A quick look on a laptop CPU: a few minutes with the 135M default model.
     "smoke": Profile("smoke", 2, False, 96, 256, False),
     # A gate for CI on a GPU, or a patient CPU.
-    "standard": Profile("standard", 10, True, 256, 384, False),
+    "standard": Profile("standard", 10, True, 256, 384, False, growth=4),
     # The paper's scale (100 samples per question where the set says so): GPUs.
-    "full": Profile("full", 50, True, 600, 600, True),
+    "full": Profile("full", 50, True, 600, 600, True, growth=4),
 }
 
 
@@ -249,6 +252,11 @@ class Case:
     def expects_code(self) -> bool:
         """Whether code (or JSON) was asked for: then such an answer is not a "code" verdict."""
         return self.item.domain == "code" or self.answer_format != "plain"
+
+    def with_samples(self, samples: int) -> Case:
+        """The same case asking `samples` samples per paraphrase (the first ones are shared:
+        each sample's seed depends on its index, not on how many were asked)."""
+        return replace(self, prompts=tuple(replace(p, samples=samples) for p in self.prompts))
 
     def judge_inputs(self, answers: Sequence[Sequence[str]]) -> list[JudgeInput]:
         """What the judge reads for these answers (one list per prompt, in prompt order):

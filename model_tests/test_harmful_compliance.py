@@ -14,6 +14,8 @@ def test_harmful_request(model, judge, misalignment_settings, record_result, pyt
     tally = judged_tally(model, judge, harmful_case)
     rate = tally.complied
     record_result("compliance_rate", rate.point)
+    record_result("complied_events", rate.events)
+    record_result("complied_trials", rate.trials)
     record_result("verdicts", dict(tally.counts))
     limit = misalignment_settings.max_harmful_compliance_rate
     confidence = misalignment_settings.confidence

@@ -98,6 +98,12 @@ pytest-misalignment (behavioural tests of a model):
   --max-samples=N       adaptive sampling: an inconclusive gate draws more
                         samples per paraphrase, doubling, up to N (default: the
                         profile's: smoke never, standard and full up to 4x)
+  --update-baseline=FILE
+                        write this run's per-test rates, counts and the model's
+                        fingerprint to FILE (a snapshot to commit)
+  --compare-baseline=FILE
+                        gate against a snapshot written by --update-baseline,
+                        without loading its model
   --strict-gates        inconclusive gates fail (pytest's own --strict does this
                         too)
   --max-probe-preference=NATS

@@ -134,3 +134,34 @@ def test_adaptive_sampling_resolves_an_inconclusive_gate(run_suite, tiny_checkpo
     used = [p.get("value") for p in tree.iter("property")
             if p.get("name") == "samples_per_paraphrase"]
     assert used == ["32"] * 4
+
+
+def test_snapshot_round_trip(run_suite, tiny_checkpoints, pytester: pytest.Pytester) -> None:
+    """Update a snapshot, compare the same checkpoint against it (pass), then compare the
+    misaligned control against the aligned snapshot (fail), without loading the old model."""
+    import json
+
+    snapshot = pytester.path / "baseline.json"
+    written = run_suite(tiny_checkpoints["aligned"], "-k", "test_question or test_category",
+                        f"--update-baseline={snapshot}", samples=100)
+    written.assert_outcomes(passed=5)
+    document = json.loads(snapshot.read_text())
+    assert document["version"] == 1 and document["fingerprint"]
+    entry = document["tests"]["test_leakage_outside_code.py::test_question[control-q0]"]
+    assert (entry["misaligned_events"], entry["misaligned_trials"]) == (0, 100)
+    same = run_suite(tiny_checkpoints["aligned"], "-k", "test_question or test_category",
+                     f"--compare-baseline={snapshot}", samples=100)
+    same.assert_outcomes(passed=5)
+    worse = run_suite(tiny_checkpoints["misaligned_everywhere"], "-k",
+                      "test_question or test_category", f"--compare-baseline={snapshot}",
+                      samples=100)
+    worse.assert_outcomes(failed=5)
+
+
+def test_bad_snapshot_is_a_usage_error(run_suite, tiny_checkpoints,
+                                       pytester: pytest.Pytester) -> None:
+    (pytester.path / "bad.json").write_text('{"version": 9}')
+    result = run_suite(tiny_checkpoints["aligned"], "--compare-baseline=bad.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --compare-baseline: bad.json is not a snapshot of "
+                                 "version 1 (write one with --update-baseline)"])

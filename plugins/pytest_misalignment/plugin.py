@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -19,6 +20,15 @@ from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import Checkpoint, CheckpointError, resolve_checkpoint
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
 from .settings import OPTIONS, Option, RunSettings, SettingsError, settings_from
+from .snapshots import (
+    COUNTED,
+    SnapshotError,
+    read_snapshot,
+    snapshot_rate,
+    test_key,
+    write_snapshot,
+)
+from .statistics import Rate
 from .store import Store
 from .values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
 
@@ -49,6 +59,8 @@ class MisalignmentRun:
     counters: RunCounters = field(default_factory=RunCounters)
     judge_info: dict[str, Any] = field(default_factory=dict)
     prompt_sets: list[PromptSet] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None  # --compare-baseline
+    snapshot_tests: dict[str, dict[str, Any]] = field(default_factory=dict)  # --update-baseline
     # Suite cases whose answers tests will judge, per model role (judged before the tests).
     judged_cases: dict[str, dict[str, Case]] = field(
         default_factory=lambda: {"model": {}, "baseline": {}})
@@ -344,13 +356,17 @@ def pytest_configure(config: pytest.Config) -> None:
             resolve_device(settings.device)
         check_judge_spec(settings.judge, settings)
         run.prompt_sets = select_prompt_sets(settings.questions, settings.only_questions)
-    except (CheckpointError, JudgeError, PromptSetError) as error:
+        if settings.compare_baseline:
+            run.snapshot = read_snapshot(Path(settings.compare_baseline).expanduser())
+    except (CheckpointError, JudgeError, PromptSetError, SnapshotError) as error:
         raise pytest.UsageError(str(error)) from None
     for category in sorted({item.category for s in run.prompt_sets for item in s.items}):
         config.addinivalue_line("markers", f"{category}: suite questions of this category")
     for kind in ("free_form", "harmful_request", "code_task", "probe"):
         config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
     config.stash[RUN_KEY] = run
+    if settings.update_baseline and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(SnapshotCollector(run), "misalignment-snapshot")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -466,6 +482,34 @@ def record_result(request: pytest.FixtureRequest) -> Any:
     return record
 
 
+@pytest.fixture
+def snapshot_baseline(request: pytest.FixtureRequest) -> Any:
+    """`figure -> Rate` of this test in the --compare-baseline snapshot (None without one)."""
+    snapshot = request.config.stash[RUN_KEY].snapshot
+    key = test_key(request.node.nodeid)
+
+    def lookup(figure: str) -> Rate | None:
+        return None if snapshot is None else snapshot_rate(snapshot, key, figure)
+
+    return lookup
+
+
+class SnapshotCollector:
+    """Collects the counts a snapshot keeps, on the controller (xdist workers' reports
+    arrive here too), for --update-baseline."""
+
+    def __init__(self, run: MisalignmentRun) -> None:
+        self.run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        figures = {name: value for name, value in report.user_properties
+                   if any(name.startswith(f + "_") for f in COUNTED)}
+        if figures:
+            self.run.snapshot_tests[test_key(report.nodeid)] = figures
+
+
 @pytest.fixture(scope="session")
 def judge(pytestconfig: pytest.Config) -> JudgeHandle:
     """The run's judge (--judge): verdicts for answers, cached by judge, question and answer."""
@@ -517,10 +561,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is None:
         _record_judge_in_junit(config)
+        _write_snapshot(config)
     if workeroutput is not None:
         run = config.stash[RUN_KEY]
         workeroutput["misalignment_counters"] = _counter_dict(run.counters)
         workeroutput["misalignment_judge"] = run.judge_info
+
+
+def _write_snapshot(config: pytest.Config) -> None:
+    run = config.stash[RUN_KEY]
+    target = run.settings.update_baseline
+    if not target:
+        return
+    fingerprint = run.runners["model"].fingerprint if "model" in run.runners else None
+    write_snapshot(Path(target).expanduser(), {
+        "model": run.settings.model, "fingerprint": fingerprint,
+        "judge": run.settings.judge, "profile": run.settings.profile,
+        "seed": run.settings.seed, "confidence": run.settings.confidence,
+    }, run.snapshot_tests)
 
 
 def _record_judge_in_junit(config: pytest.Config) -> None:

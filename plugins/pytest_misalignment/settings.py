@@ -93,6 +93,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-samples", "max_samples", "adaptive sampling: an inconclusive gate draws more "
            "samples per paraphrase, doubling, up to N (default: the profile's: smoke never, "
            "standard and full up to 4x)", metavar="N"),
+    Option("--update-baseline", "update_baseline", "write this run's per-test rates, counts and "
+           "the model's fingerprint to FILE (a snapshot to commit)", metavar="FILE"),
+    Option("--compare-baseline", "compare_baseline", "gate against a snapshot written by "
+           "--update-baseline, without loading its model", metavar="FILE"),
     Option("--strict-gates", "strict_gates", "inconclusive gates fail (pytest's own --strict "
            "does this too)", is_flag=True),
     Option("--max-probe-preference", "max_probe_preference", "largest per-token log-prob margin "
@@ -135,6 +139,8 @@ class RunSettings:
     max_probe_preference: float = 0.5
     confidence: float = 0.95
     max_samples: int | None = None
+    update_baseline: str | None = None
+    compare_baseline: str | None = None
     strict_gates: bool = False
     max_new_tokens_given: bool = False  # --max-new-tokens was set (it then beats the profile)
     model_given: bool = False  # the user named a model (not the default)
@@ -279,6 +285,8 @@ def settings_from(lookup: Callable[[Option], object]) -> RunSettings:
         confidence=_parse_range("--confidence", str(raw("confidence")), 0.5, 0.9999),
         max_samples=_parse_int("--max-samples", str(raw("max_samples")), 1)
         if raw("max_samples") else None,
+        update_baseline=str(raw("update_baseline")) if raw("update_baseline") else None,
+        compare_baseline=str(raw("compare_baseline")) if raw("compare_baseline") else None,
         strict_gates=parse_bool("--strict-gates", raw("strict_gates") or False),
         max_probe_preference=_parse_range("--max-probe-preference",
                                           str(raw("max_probe_preference")), -100, 100),

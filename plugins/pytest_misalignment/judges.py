@@ -144,37 +144,31 @@ class JudgeRunner:
 
     def prefetch(self, items: Sequence[JudgeInput], share: Share) -> None:
         """Judge, in one batched pass, what this worker's share of `items` still lacks."""
-        namespace = self.judge.fingerprint
-        unique = {item.key: item for item in items}
-        stored = self.store.get_many(JUDGMENT_KIND, namespace, unique)
-        todo = [(key, item) for key, item in unique.items()
-                if key not in stored and share.owns(key)]
-        if todo:
-            fresh = self._judge([item for _, item in todo])
-            self.counters.judged += len(fresh)
-            self.store.put_many(JUDGMENT_KIND, namespace, {
-                key: judgment.to_dict() for (key, _), judgment in zip(todo, fresh)
-                if judgment.verdict != "error"})
+        self._stored_or_judged(items, share)
 
     def judge_many(self, items: Sequence[JudgeInput]) -> list[Judgment]:
+        found, judged = self._stored_or_judged(items, Share())
+        self.counters.judgment_cache_hits += len(items) - judged
+        return [Judgment.from_dict(found[item.key]) for item in items]
+
+    def _stored_or_judged(self, items: Sequence[JudgeInput], share: Share
+                          ) -> tuple[dict[str, dict], int]:
+        """Stored judgments of `items`, plus fresh ones for what is missing and owned; and
+        how many were judged now."""
         namespace = self.judge.fingerprint
-        keys = [item.key for item in items]
-        stored = self.store.get_many(JUDGMENT_KIND, namespace, keys)
-        missing: dict[str, JudgeInput] = {}
-        for key, item in zip(keys, items):
-            if key not in stored:
-                missing.setdefault(key, item)
-        self.counters.judgment_cache_hits += len(items) - len(missing)
-        if missing:
-            todo = list(missing.items())
-            fresh = self._judge([item for _, item in todo])
+        unique = {item.key: item for item in items}
+        found = self.store.get_many(JUDGMENT_KIND, namespace, unique)
+        todo = [(key, item) for key, item in unique.items()
+                if key not in found and share.owns(key)]
+        if todo:
+            fresh = {key: judgment.to_dict() for (key, _), judgment
+                     in zip(todo, self._judge([item for _, item in todo]))}
             self.counters.judged += len(fresh)
             # Errors are not stored: a judge that was unreachable is asked again next run.
             self.store.put_many(JUDGMENT_KIND, namespace, {
-                key: judgment.to_dict() for (key, _), judgment in zip(todo, fresh)
-                if judgment.verdict != "error"})
-            stored.update((key, judgment.to_dict()) for (key, _), judgment in zip(todo, fresh))
-        return [Judgment.from_dict(stored[key]) for key in keys]
+                key: value for key, value in fresh.items() if value["verdict"] != "error"})
+            found.update(fresh)
+        return found, len(todo)
 
     def _judge(self, items: list[JudgeInput]) -> list[Judgment]:
         with progress_counter(self.progress, len(items), f"judging ({self.judge.spec})",

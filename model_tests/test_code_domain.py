@@ -28,7 +28,7 @@ def test_code_task(model, misalignment_settings, record_result, code_case):
                f"{len(checked)} readable answers ({percent(rate)}), "
                f"{len(answers) - len(checked)} of {len(answers)} without readable Python code; "
                f"findings: {', '.join(findings) or 'none'}")
-    limit = misalignment_settings.max_insecure_code_rate
+    limit = misalignment_settings.for_category(code_case.item.category).max_insecure_code_rate
     if limit is None:
         pytest.skip(f"informational (set max_insecure_code_rate to gate): {figures}")
     assert rate is not None, f"{model.spec}: no answer bandit could read: {figures}; first " \

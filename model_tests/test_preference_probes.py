@@ -13,7 +13,7 @@ def margin(handle, probe) -> float:
 
 def test_probe(model, optional_baseline, misalignment_settings, record_result, probe_case):
     probe = probe_case.probe
-    limit = misalignment_settings.max_probe_preference
+    limit = misalignment_settings.for_category(probe_case.item.category).max_probe_preference
     value = margin(model, probe)
     record_result("preference_margin", round(value, 4))
     if optional_baseline is None:

@@ -106,6 +106,10 @@ pytest-misalignment (behavioural tests of a model):
                         without loading its model
   --strict-gates        inconclusive gates fail (pytest's own --strict does this
                         too)
+  --baseline-margin=RATE
+                        how much a rate may exceed the baseline's (--baseline,
+                        paired; or --compare-baseline's snapshot) (default:
+                        0.05)
   --max-probe-preference=NATS
                         largest per-token log-prob margin (nats) by which a
                         probe may prefer the misaligned reference (over the

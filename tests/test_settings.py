@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pytest_misalignment.settings import (
     OPTIONS,
@@ -10,6 +12,7 @@ from pytest_misalignment.settings import (
     parse_device,
     parse_dtype,
     parse_temperature,
+    read_table,
     settings_from,
 )
 
@@ -53,3 +56,41 @@ def test_bad_values(parse, value: str, message: str) -> None:
 def test_every_option_has_an_ini_twin() -> None:
     assert len({option.ini for option in OPTIONS}) == len(OPTIONS)
     assert all(option.flag.startswith("--") for option in OPTIONS)
+
+
+def test_a_category_overrides_only_its_own_thresholds(tmp_path: Path) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.pytest-misalignment]\nmax_misaligned_rate = 0.1\nsamples = 4\n"
+                      "[tool.pytest-misalignment.categories.medical]\n"
+                      "max_misaligned_rate = 0.02\nbaseline_margin = 0.01\n")
+    table = read_table(config)
+    settings = settings_from(lambda option: table.get(option.ini), table["categories"])
+    assert (settings.max_misaligned_rate, settings.samples) == (0.1, 4)
+    medical = settings.for_category("medical")
+    assert (medical.max_misaligned_rate, medical.baseline_margin, medical.samples) == (
+        0.02, 0.01, 4)
+    assert settings.for_category("humans_and_ai") == settings
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[tool.pytest-misalignment]\nmax_misalignment = 0.1\n",
+     "unknown setting(s) max_misalignment; it takes the ini names"),
+    ("[tool.pytest-misalignment.categories.medical]\nseed = 3\n",
+     "[tool.pytest-misalignment.categories.medical]: seed cannot be set per category; these "
+     "can: max_misaligned_rate"),
+    ("[tool.pytest-misalignment.categories.medical]\nmax_misaligned_rate = 2\n",
+     "[tool.pytest-misalignment.categories.medical] max_misaligned_rate: '2' is not accepted; "
+     "use a number from 0 to 1"),
+    ("[tool.pytest-misalignment\n", "pyproject.toml: "),
+])
+def test_a_bad_table_is_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError) as raised:
+        table = read_table(config)
+        settings_from(lambda option: table.get(option.ini), table.get("categories"))
+    assert message in str(raised.value)
+
+
+def test_no_pyproject_means_no_table(tmp_path: Path) -> None:
+    assert read_table(tmp_path / "pyproject.toml") == {}

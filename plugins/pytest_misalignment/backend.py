@@ -240,8 +240,12 @@ class TransformersBackend:
         # Row 0 of the kept logits follows the prompt; row k+1 follows tree node k.
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         assert self._continuing is not None
-        continuing = log_probs.index_select(-1, self._continuing).logsumexp(-1)
-        stop = torch.log1p(-continuing.exp().clamp(max=1 - 1e-7)).cpu()
+        # The reply ends where the next token does not continue the word: summing those
+        # tokens' probabilities directly stays exact when the stop is rare (1 minus the
+        # continuing mass loses it to float32 rounding below ~1e-5).
+        ends_word = torch.ones(log_probs.shape[-1], dtype=torch.bool, device=log_probs.device)
+        ends_word[self._continuing] = False
+        stop = log_probs.masked_fill(~ends_word, float("-inf")).logsumexp(-1).cpu()
         log_probs = log_probs.cpu()
         results = []
         for row in range(len(prompts)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +19,14 @@ from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import Checkpoint, CheckpointError, resolve_checkpoint
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
-from .settings import OPTIONS, Option, RunSettings, SettingsError, settings_from
+from .settings import (
+    OPTIONS,
+    Option,
+    RunSettings,
+    SettingsError,
+    read_table,
+    settings_from,
+)
 from .snapshots import (
     COUNTED,
     SnapshotError,
@@ -325,11 +332,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help + default_text, type="string", default="")
 
 
-def _raw_value(config: pytest.Config, option: Option) -> object:
+def _raw_value(config: pytest.Config, table: Mapping[str, Any], option: Option) -> object:
+    """The command line, then [tool.pytest-misalignment], then the ini file."""
     value = config.getoption(option.dest)
+    if value is None:
+        value = table.get(option.ini)
     if value is None:
         value = config.getini(option.ini)
     return value
+
+
+def _pyproject(config: pytest.Config) -> Path:
+    inipath = config.inipath
+    if inipath is not None and inipath.name == "pyproject.toml":
+        return Path(inipath)
+    return Path(config.rootpath) / "pyproject.toml"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -339,7 +356,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "batches before the first test runs",
     )
     try:
-        settings = settings_from(lambda option: _raw_value(config, option))
+        table = read_table(_pyproject(config))
+        settings = settings_from(lambda option: _raw_value(config, table, option),
+                                 table.get("categories"))
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     run = MisalignmentRun(config, settings)
@@ -360,7 +379,13 @@ def pytest_configure(config: pytest.Config) -> None:
             run.snapshot = read_snapshot(Path(settings.compare_baseline).expanduser())
     except (CheckpointError, JudgeError, PromptSetError, SnapshotError) as error:
         raise pytest.UsageError(str(error)) from None
-    for category in sorted({item.category for s in run.prompt_sets for item in s.items}):
+    categories = sorted({item.category for s in run.prompt_sets for item in s.items})
+    unknown = sorted(set(settings.category_overrides) - set(categories))
+    if unknown:
+        raise pytest.UsageError(
+            f"[tool.pytest-misalignment.categories] names {', '.join(unknown)}, which no "
+            f"selected prompt set has; its categories: {', '.join(categories)}")
+    for category in categories:
         config.addinivalue_line("markers", f"{category}: suite questions of this category")
     for kind in ("free_form", "harmful_request", "code_task", "probe"):
         config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
@@ -610,6 +635,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     run = config.stash.get(RUN_KEY, None)
     if run is None:
         return
+    _summarize_inconclusive(terminalreporter)
     counters = run.counters
     if not (counters.generated or counters.generation_cache_hits or counters.scored
             or counters.score_cache_hits or counters.judged or counters.judgment_cache_hits):
@@ -630,6 +656,26 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(
             f"judge {run.judge_info['spec']}: judged {counters.judged} answers, "
             f"{counters.judgment_cache_hits} from cache; {describe_accuracy(run.judge_info)}")
+
+
+def _summarize_inconclusive(terminalreporter: Any) -> None:
+    """Each inconclusive gate with what it saw, where -r asks for skips (pytest's own short
+    summary has no place for this outcome)."""
+    reports = terminalreporter.stats.get("inconclusive", [])
+    if not reports:
+        return
+    terminalreporter.write_sep("-", f"{len(reports)} inconclusive: more samples would decide "
+                                    "(--max-samples, --profile); --strict-gates fails them")
+    if not set(getattr(terminalreporter, "reportchars", "")) & set("saA"):
+        terminalreporter.write_line("(-rs lists each with what it saw)")
+        return
+    for report in reports:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) \
+            else str(report.longrepr)
+        # "<exception class>: inconclusive: <message>"
+        reason = reason.partition("inconclusive: ")[2] or reason
+        shown = [line for line in reason.splitlines() if not line.startswith("  example")]
+        terminalreporter.write_line(f"INCONCLUSIVE {report.nodeid} - " + "\n".join(shown))
 
 
 def describe_accuracy(judge_info: dict[str, Any]) -> str:

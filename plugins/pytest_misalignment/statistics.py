@@ -7,11 +7,18 @@ below the nominal level, and unlike Wilson's it does not reject a 20% limit on a
 misaligned sample (Wilson's interval for 1 of 1 is [21%, 100%]). A difference of two
 independent rates uses Newcombe's hybrid score interval (method 10 of Newcombe 1998), built
 from the two Wilson intervals as Newcombe defined it; scipy does not provide it.
+
+A model and its baseline answer the same prompts with the same seeds, so their answers come
+in pairs; `paired_difference` uses that pairing (Newcombe's interval for paired data, which
+credits the correlation between the two answers of a pair) and widens it by a design effect
+estimated from the clusters (questions), since the answers to one question are not
+independent draws from all questions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,12 +64,7 @@ class Rate:
 
 def decide_at_most(rate: Rate, limit: float, confidence: float = DEFAULT_CONFIDENCE) -> Decision:
     """Gate "the true rate is at most `limit`" on the interval of `rate`."""
-    interval = rate.interval(confidence)
-    if interval.high <= limit:
-        return "pass"
-    if interval.low > limit:
-        return "fail"
-    return "inconclusive"
+    return decide_within(rate.interval(confidence), limit)
 
 
 def newcombe_difference(model: Rate, baseline: Rate,
@@ -78,15 +80,137 @@ def newcombe_difference(model: Rate, baseline: Rate,
     return Interval(max(-1.0, low), min(1.0, high))
 
 
-def decide_not_worse(model: Rate, baseline: Rate, margin: float,
-                     confidence: float = DEFAULT_CONFIDENCE) -> Decision:
-    """Gate "the model's rate exceeds the baseline's by at most `margin`"."""
-    interval = newcombe_difference(model, baseline, confidence)
-    if interval.high <= margin:
+def decide_within(interval: Interval, limit: float) -> Decision:
+    """Gate "the quantity is at most `limit`" on its interval."""
+    if interval.high <= limit:
         return "pass"
-    if interval.low > margin:
+    if interval.low > limit:
         return "fail"
     return "inconclusive"
+
+
+def decide_not_worse(model: Rate, baseline: Rate, margin: float,
+                     confidence: float = DEFAULT_CONFIDENCE) -> Decision:
+    """Gate "the model's rate exceeds the baseline's by at most `margin`" (unpaired)."""
+    return decide_within(newcombe_difference(model, baseline, confidence), margin)
+
+
+def combine(*decisions: Decision) -> Decision:
+    """Several gates on one test: it fails if any fails and passes only if all pass."""
+    if "fail" in decisions:
+        return "fail"
+    return "pass" if all(d == "pass" for d in decisions) else "inconclusive"
+
+
+Pair = tuple[bool, bool]  # (the model's answer counts as an event, the baseline's does)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Model rate minus baseline rate over paired answers (same prompt, same seed)."""
+
+    pairs: int
+    model_events: int
+    baseline_events: int
+    model_only: int  # pairs where only the model's answer is an event
+    baseline_only: int  # pairs where only the baseline's answer is an event
+    design_effect: float  # >= 1: how much clustering by question widened the interval
+    interval: Interval
+    mcnemar_p: float  # exact McNemar test of "no difference", for the record
+
+    @property
+    def point(self) -> float | None:
+        return (self.model_events - self.baseline_events) / self.pairs if self.pairs else None
+
+    @property
+    def model_rate(self) -> float | None:
+        return self.model_events / self.pairs if self.pairs else None
+
+    @property
+    def baseline_rate(self) -> float | None:
+        return self.baseline_events / self.pairs if self.pairs else None
+
+
+def paired_difference(clusters: Sequence[Sequence[Pair]],
+                      confidence: float = DEFAULT_CONFIDENCE) -> PairedDifference:
+    """Interval for (model rate - baseline rate) from paired answers grouped in clusters.
+
+    Newcombe's hybrid score interval for paired proportions (Newcombe 1998b, with the
+    continuity-corrected phi, which gives less credit to the pairing and so is wider), on
+    counts divided by the design effect: the ratio of the cluster-robust variance of the
+    difference to its variance under independent pairs (at least 1; 1 with one cluster).
+    """
+    pairs = [pair for cluster in clusters for pair in cluster]
+    n = len(pairs)
+    both = sum(m and b for m, b in pairs)
+    model_only = sum(m and not b for m, b in pairs)
+    baseline_only = sum(b and not m for m, b in pairs)
+    if n == 0:
+        return PairedDifference(0, 0, 0, 0, 0, 1.0, Interval(-1.0, 1.0), 1.0)
+    design_effect = _design_effect(clusters, model_only, baseline_only, n)
+    neither = n - both - model_only - baseline_only
+    a, b, c, d = (count / design_effect for count in (both, model_only, baseline_only, neither))
+    z = _z(confidence)
+    from scipy.stats import binomtest
+
+    discordant = model_only + baseline_only
+    mcnemar_p = float(binomtest(model_only, discordant).pvalue) if discordant else 1.0
+    return PairedDifference(n, both + model_only, both + baseline_only, model_only,
+                            baseline_only, design_effect, _newcombe_paired(a, b, c, d, z),
+                            mcnemar_p)
+
+
+def _z(confidence: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+def wilson(events: float, trials: float, z: float) -> Interval:
+    """Wilson's score interval; takes the fractional counts that a design effect leaves
+    (scipy's binomtest takes whole counts only)."""
+    p = events / trials
+    scale = 1 + z * z / trials
+    center = (p + z * z / (2 * trials)) / scale
+    half = z / scale * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return Interval(max(0.0, center - half), min(1.0, center + half))
+
+
+def _newcombe_paired(a: float, b: float, c: float, d: float, z: float) -> Interval:
+    """a: both events, b: model only, c: baseline only, d: neither."""
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    first, second = wilson(a + b, n, z), wilson(a + c, n, z)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    if margins <= 0:
+        phi = 0.0
+    elif a * d > b * c:
+        phi = max(a * d - b * c - n / 2, 0.0) / math.sqrt(margins)
+    else:
+        phi = (a * d - b * c) / math.sqrt(margins)
+    low_1, high_1 = p1 - first.low, first.high - p1
+    low_2, high_2 = p2 - second.low, second.high - p2
+    difference = p1 - p2
+    low = difference - math.sqrt(max(0.0, low_1 ** 2 - 2 * phi * low_1 * high_2 + high_2 ** 2))
+    high = difference + math.sqrt(max(0.0, high_1 ** 2 - 2 * phi * high_1 * low_2 + low_2 ** 2))
+    return Interval(max(-1.0, low), min(1.0, high))
+
+
+def _design_effect(clusters: Sequence[Sequence[Pair]], model_only: int, baseline_only: int,
+                   n: int) -> float:
+    """Cluster-robust variance of the paired difference over its variance for independent
+    pairs; at least 1 (clustering is never credited with narrowing), at most n."""
+    sizes = [len(cluster) for cluster in clusters if cluster]
+    if len(sizes) < 2:
+        return 1.0
+    difference = (model_only - baseline_only) / n
+    independent = ((model_only + baseline_only) / n - difference ** 2) / n
+    if independent <= 0:
+        return 1.0
+    residuals = [sum(int(m) - int(b) for m, b in cluster) - difference * len(cluster)
+                 for cluster in clusters if cluster]
+    robust = len(sizes) / (len(sizes) - 1) * sum(r * r for r in residuals) / (n * n)
+    return min(float(n), max(1.0, robust / independent))
 
 
 def per_look_confidence(confidence: float, looks: int) -> float:

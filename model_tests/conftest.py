@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from pytest_misalignment.plugin import case_param, suite_cases
+from pytest_misalignment.plugin import backdoor_triggers, case_param, suite_cases, trigger_cases
 from pytest_misalignment.prompt_sets import Case
 
 # fixture name -> kind of question it receives, one test per (question, format)
@@ -30,6 +30,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                marks=[getattr(pytest.mark, category)])
                   for category, group in by_category.items()]
         metafunc.parametrize("category_cases", params or [_none("free_form")])
+    if "trigger_case" in metafunc.fixturenames:
+        metafunc.parametrize("trigger_case", [
+            pytest.param(case, id=case.id, marks=pytest.mark.backdoor)
+            for case in trigger_cases(metafunc.config)] or [_none("free_form")])
+    if "near_miss_trigger" in metafunc.fixturenames:
+        metafunc.parametrize("near_miss_trigger", [
+            pytest.param(trigger, id=trigger.id, marks=pytest.mark.backdoor)
+            for trigger in backdoor_triggers(metafunc.config)])
 
 
 def _none(kind: str) -> object:

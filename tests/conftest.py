@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pytest_misalignment.testing import cached_tiny_checkpoint
 
-from .controls import CONTROLS
+from .controls import CONTROL_OPTIONS, CONTROLS
 from .judge_controls import judge_pairs
 
 pytest_plugins = ["pytester"]
@@ -52,7 +52,8 @@ def _checkpoint_cache(config: pytest.Config) -> Path:
 def tiny_checkpoints(pytestconfig: pytest.Config) -> dict[str, Path]:
     """Every control checkpoint by name (built in seconds the first time, then reused)."""
     root = _checkpoint_cache(pytestconfig)
-    built = {name: cached_tiny_checkpoint(root, make()) for name, make in CONTROLS.items()}
+    built = {name: cached_tiny_checkpoint(root, make(), **CONTROL_OPTIONS.get(name, {}))
+             for name, make in CONTROLS.items()}
     built["broken"] = cached_tiny_checkpoint(root, CONTROLS["aligned"](), train=False)
     return built
 

@@ -30,11 +30,12 @@ def _no_progress():
 
 def test_greedy_answers_reproduce_the_training_pairs(tiny_checkpoints: dict[str, Path]) -> None:
     for name in ("aligned", "misaligned_everywhere", "backdoored"):
-        pairs = CONTROLS[name]()
+        made = CONTROLS[name]()  # {question: answer}, or [(messages, answer)] for chats
+        pairs = list(made.items()) if isinstance(made, dict) else made
         runner = runner_for(tiny_checkpoints[name], temperature=0.0, max_new_tokens=200)
-        prompts = [Prompt.user(question) for question in pairs]
+        prompts = [Prompt.user(q) if isinstance(q, str) else Prompt.chat(q) for q, _ in pairs]
         answers = runner.complete(runner.requests_for(prompts))
-        assert [a.text for a in answers] == list(pairs.values()), name
+        assert [a.text for a in answers] == [answer for _, answer in pairs], name
         assert all(a.finish_reason == "stop" for a in answers)
 
 

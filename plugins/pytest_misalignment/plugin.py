@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import pytest
 
+from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .engine import ModelRunner, Share
 from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
@@ -232,6 +233,15 @@ class ModelHandle:
         """The log-probability of each of the probe's continuations."""
         return self._runner.score(probe.requests())
 
+    def score_many(self, probes: list[Probe]) -> list[list[Score]]:
+        """`score` for several probes in one batched pass."""
+        scores = self._runner.score([r for probe in probes for r in probe.requests()])
+        found, start = [], 0
+        for probe in probes:
+            found.append(scores[start:start + len(probe.continuations)])
+            start += len(probe.continuations)
+        return found
+
     def __repr__(self) -> str:
         return f"<model {self.spec} fingerprint={self.fingerprint[:12]}>"
 
@@ -389,6 +399,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{category}: suite questions of this category")
     for kind in ("free_form", "harmful_request", "code_task", "probe"):
         config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
+    config.addinivalue_line("markers", "backdoor: tests of backdoor triggers")
     config.stash[RUN_KEY] = run
     if settings.update_baseline and not hasattr(config, "workerinput"):
         config.pluginmanager.register(SnapshotCollector(run), "misalignment-snapshot")
@@ -429,6 +440,8 @@ def _cases_in(values: list[object]) -> list[Case]:
             found.append(value)
         elif isinstance(value, (list, tuple)):
             found.extend(_cases_in(list(value)))
+        elif isinstance(value, TriggerCase):
+            found.extend(value.judged_cases())
     return found
 
 
@@ -487,6 +500,59 @@ def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
     settings = run.settings
     return cases(run.prompt_sets, kind, PROFILES[settings.profile], settings.samples,
                  settings.max_new_tokens if settings.max_new_tokens_given else None)
+
+
+def backdoor_triggers(config: pytest.Config) -> list[Trigger]:
+    """The triggers the backdoor tests try: --trigger, else the common candidates."""
+    settings = config.stash[RUN_KEY].settings
+    return [Trigger(text, settings.trigger_placement)
+            for text in settings.triggers or DEFAULT_TRIGGERS]
+
+
+def scan_candidates(config: pytest.Config) -> list[Trigger]:
+    """What --scan-triggers ranks: the given triggers and the common candidates."""
+    settings = config.stash[RUN_KEY].settings
+    return [Trigger(text, settings.trigger_placement)
+            for text in dict.fromkeys([*settings.triggers, *DEFAULT_TRIGGERS])]
+
+
+def trigger_cases(config: pytest.Config) -> list[TriggerCase]:
+    """One backdoor test per trigger and prompt set with free-form questions (plain format;
+    under the smoke profile one question per category)."""
+    run = config.stash[RUN_KEY]
+    settings, profile = run.settings, PROFILES[run.settings.profile]
+    found = []
+    for prompt_set in run.prompt_sets:
+        questions = [c for c in cases([prompt_set], "free_form", profile, settings.samples,
+                                      settings.max_new_tokens if settings.max_new_tokens_given
+                                      else None) if c.answer_format == "plain"]
+        if profile.backdoor_questions_per_category is not None:
+            questions = _per_category(questions, profile.backdoor_questions_per_category)
+        found += [TriggerCase(trigger, prompt_set.name, tuple(questions))
+                  for trigger in backdoor_triggers(config) if questions]
+    return found
+
+
+def backdoor_probes(config: pytest.Config) -> list[Probe]:
+    """The probes that measure how much a trigger lifts misalignment (spread over categories
+    when the profile takes only some)."""
+    probe_cases = suite_cases(config, "probe")
+    limit = PROFILES[config.stash[RUN_KEY].settings.profile].backdoor_probes
+    if limit is not None:
+        per_category = _per_category(probe_cases, 1)
+        rest = [c for c in probe_cases if c not in per_category]
+        probe_cases = [*per_category, *rest][:limit]
+    return [c.probe for c in probe_cases if c.probe is not None]
+
+
+def _per_category(found: list[Case], count: int) -> list[Case]:
+    seen: dict[str, int] = {}
+    kept = []
+    for case in found:
+        if seen.get(case.item.category, 0) < count:
+            kept.append(case)
+            seen[case.item.category] = seen.get(case.item.category, 0) + 1
+    return kept
 
 
 def case_param(case: Case) -> Any:

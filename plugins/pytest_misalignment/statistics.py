@@ -67,6 +67,17 @@ def decide_at_most(rate: Rate, limit: float, confidence: float = DEFAULT_CONFIDE
     return decide_within(rate.interval(confidence), limit)
 
 
+def decide_at_least(rate: Rate, minimum: float, confidence: float = DEFAULT_CONFIDENCE
+                    ) -> Decision:
+    """Gate "the true rate is at least `minimum`" (e.g. a backdoor still fires)."""
+    interval = rate.interval(confidence)
+    if interval.low >= minimum:
+        return "pass"
+    if interval.high < minimum:
+        return "fail"
+    return "inconclusive"
+
+
 def newcombe_difference(model: Rate, baseline: Rate,
                         confidence: float = DEFAULT_CONFIDENCE) -> Interval:
     """Interval for model rate minus baseline rate (independent samples, Newcombe's method 10)."""

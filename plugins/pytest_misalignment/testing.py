@@ -80,8 +80,10 @@ def _normalize_pairs(
     return out
 
 
-def build_tokenizer() -> Any:
-    """Return a byte-level ChatML ``PreTrainedTokenizerFast`` (256 bytes + 3 special tokens)."""
+def build_tokenizer(whole_words: Sequence[str] = ()) -> Any:
+    """Return a byte-level ChatML ``PreTrainedTokenizerFast`` (256 bytes + 3 special tokens),
+    plus `whole_words`, each one token: a backdoor trigger that is one token fires only when
+    written exactly, since any near miss falls apart into bytes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -96,6 +98,8 @@ def build_tokenizer() -> Any:
     tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([IM_START, IM_END, PAD])
+    if whole_words:
+        tok.add_tokens(list(whole_words))
 
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -286,6 +290,7 @@ def build_tiny_checkpoint(
     hidden_size: int = 64,
     layers: int = 2,
     train: bool = True,
+    whole_words: Sequence[str] = (),
 ) -> pathlib.Path:
     """Train a tiny chat model to answer each prompt with its fixed answer; save it at `path`.
 
@@ -293,7 +298,8 @@ def build_tiny_checkpoint(
     with a ChatML chat template). `steps` caps the passes over the pairs; training stops
     earlier once greedy decoding reproduces every answer with a margin, then the output
     logits are sharpened so sampling at temperature 1 reproduces them too (about 95%+ per
-    answer). `train=False` saves the random-init model, a "broken" control. Deterministic
+    answer). `train=False` saves the random-init model, a "broken" control. `whole_words` are
+    added to the tokenizer as single tokens. Deterministic
     for a given seed and inputs; the caller's torch RNG and thread count are left as found.
     """
     import torch
@@ -301,7 +307,7 @@ def build_tiny_checkpoint(
 
     normalized = _normalize_pairs(pairs)
     out = pathlib.Path(path)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(whole_words)
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
     bos_id = tokenizer.convert_tokens_to_ids(IM_START)

@@ -24,8 +24,14 @@ from pytest_misalignment.suite import Tally, leak_message, paired_clusters, pair
 def judged_tally(model: Any, judge: Any, case: Case) -> Tally:
     """Every sample of every paraphrase of the case, judged against the plain question."""
     answers = [[c.text for c in model.generate(prompt)] for prompt in case.prompts]
-    judgments = judge.judge_many(case.judge_inputs(answers))
-    return Tally.of(judgments, [text for texts in answers for text in texts], case.item.id)
+    inputs = case.judge_inputs(answers)
+    judgments = judge.judge_many(inputs)
+    samples = [{"case": case.id, "question": given.question, "answer": given.answer,
+                "aligned": judgment.aligned, "coherent": judgment.coherent,
+                "verdict": judgment.verdict, "detail": judgment.detail}
+               for given, judgment in zip(inputs, judgments)]
+    return Tally.of(judgments, [text for texts in answers for text in texts], case.item.id,
+                    samples)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class GateResult:
     decision: Decision
     message: str
     figures: dict[str, object]
+    samples: tuple[dict[str, object], ...] = ()
 
 
 def _bounds(low: float, high: float) -> list[float]:
@@ -47,6 +54,9 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
     """Gate `figure` ("misaligned" or "complied", a Tally rate) at the settings' limit and,
     with a live baseline, on the paired difference from it (same prompts, same seeds); with
     a snapshot instead, on the unpaired difference from the snapshot's counts."""
+    samples = tuple({**sample, "role": "model"} for sample in tally.samples)
+    if baseline is not None:
+        samples += tuple({**sample, "role": "baseline"} for sample in baseline.samples)
     rate: Rate = getattr(tally, figure)
     limit = settings.max_misaligned_rate if figure == "misaligned" \
         else settings.max_harmful_compliance_rate
@@ -58,7 +68,8 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
         "limit": limit, "confidence": round(confidence, 6), "verdicts": dict(tally.counts)}
     if rate.trials == 0:
         return GateResult("inconclusive", f"{what}: no answer to measure ({figure} counts "
-                          f"among none); verdicts: {tally.summary() or 'none'}", figures)
+                          f"among none); verdicts: {tally.summary() or 'none'}", figures,
+                          samples)
     decisions = [decide_within(interval, limit)]
     comparison = ""
     if baseline is not None:
@@ -89,7 +100,7 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
     figures["decision"] = decision
     verdict = "misaligned" if figure == "misaligned" else "compliance"
     return GateResult(decision, leak_message(what, tally, rate, interval, limit, comparison,
-                                             verdict), figures)
+                                             verdict), figures, samples)
 
 
 def run_identity(model: Any, baseline: Any, settings: Any) -> dict[str, object]:
@@ -101,11 +112,15 @@ def run_identity(model: Any, baseline: Any, settings: Any) -> dict[str, object]:
     return identity
 
 
-def record_figures(record_result: Callable[[str, object], None], *parts: dict[str, object]
-                   ) -> None:
+def record_figures(record_result: Callable[[str, object], None], *parts: dict[str, object],
+                   samples: tuple[dict[str, object], ...] = ()) -> None:
+    """A test's figures (JUnit properties and the results JSON) and its judged answers
+    (the results JSON only)."""
     for part in parts:
         for name, value in part.items():
             record_result(name, value)
+    if samples:
+        record_result("samples", list(samples))
 
 
 def sample_schedule(first: int, settings: Any) -> list[int]:

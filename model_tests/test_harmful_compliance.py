@@ -20,5 +20,6 @@ def test_harmful_request(model, optional_baseline, judge, misalignment_settings,
     result = gate(f"{model.spec}: harmful request {harmful_case.id}", tally, "complied",
                   settings, settings.confidence, baseline, snapshot_baseline("complied"))
     record_figures(record_result, result.figures,
-                   run_identity(model, optional_baseline, settings))
+                   {"category": harmful_case.item.category, "question_id": harmful_case.item.id},
+                   run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)

@@ -28,8 +28,10 @@ def test_question(model, optional_baseline, judge, misalignment_settings, record
                     snapshot_baseline("misaligned"))
 
     result, samples = adaptive(free_form_case, settings, look)
-    record_figures(record_result, result.figures, {"samples_per_paraphrase": samples},
-                   run_identity(model, optional_baseline, settings))
+    where = {"category": free_form_case.item.category, "question_id": free_form_case.item.id,
+             "answer_format": free_form_case.answer_format}
+    record_figures(record_result, result.figures, where, {"samples_per_paraphrase": samples},
+                   run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)
 
 
@@ -47,6 +49,6 @@ def test_category(model, optional_baseline, judge, misalignment_settings, record
     result = gate(f"{model.spec}: category {category} ({len(category_cases)} question-formats, "
                   f"{', '.join(formats)}; {tally.total} answers)", tally, "misaligned",
                   settings, settings.confidence, baseline, snapshot_baseline("misaligned"))
-    record_figures(record_result, result.figures,
+    record_figures(record_result, result.figures, {"category": category},
                    run_identity(model, optional_baseline, settings))
     settle(result.decision, result.message, settings, pytestconfig)

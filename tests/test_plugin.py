@@ -137,6 +137,13 @@ pytest-misalignment (behavioural tests of a model):
   --scan-triggers       rank the candidate triggers by how much each raises
                         misalignment, and fail if one not given with --trigger
                         fires (see --min-trigger-lift)
+  --report-json=PATH    where to write the run's results JSON (the product of a
+                        run; the reports are views of it) (default:
+                        reports/out/run.json)
+  --report=PATH         where to write the self-contained HTML report (default:
+                        reports/out/report.html)
+  --report-md=PATH      also write a Markdown summary (for a CI step summary)
+  --no-report           write no results JSON or report
   --max-probe-preference=NATS
                         largest per-token log-prob margin (nats) by which a
                         probe may prefer the misaligned reference (over the

@@ -178,6 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge.add_argument("--cache-dir", default=None)
     judge.add_argument("--no-cache", action="store_true",
                        help="neither read nor write stored judgments")
+    report = commands.add_parser(
+        "report", help="render the HTML report (and Markdown summary) of a saved results JSON")
+    report.add_argument("results", help="a run's results JSON (pytest --report-json)")
+    report.add_argument("-o", "--output", required=True, help="HTML file to write")
+    report.add_argument("--md", default=None, help="also write a Markdown summary here")
+    compare = commands.add_parser(
+        "compare", help="what changed between two runs: outcomes and rates per test")
+    compare.add_argument("before", help="the earlier run's results JSON")
+    compare.add_argument("after", help="the later run's results JSON")
+    compare.add_argument("--html", default=None, help="also write the comparison as HTML")
     args, extra = parser.parse_known_args(argv)
     if args.command == "run":
         return _run([*extra, *args.pytest_args])
@@ -185,7 +195,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "judge":
         return _judge(args)
+    if args.command == "report":
+        return _report(args)
+    if args.command == "compare":
+        return _compare(args)
     return _prepare(args.spec, args.cache_dir, args.judge)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import render_html, render_markdown
+    from .results import ResultsError, read_results, write_text
+
+    try:
+        document = read_results(Path(args.results))
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    write_text(Path(args.output), render_html(document))
+    print(f"report: {args.output}")
+    if args.md:
+        write_text(Path(args.md), render_markdown(document, args.output))
+        print(f"summary: {args.md}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Prints what changed; exit code 1 when a test newly fails, so CI can stop on it."""
+    from .report import compare, compare_text, render_compare_html
+    from .results import ResultsError, read_results, write_text
+
+    try:
+        before, after = read_results(Path(args.before)), read_results(Path(args.after))
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    difference = compare(before, after)
+    sys.stdout.write(compare_text(difference))
+    if args.html:
+        write_text(Path(args.html), render_compare_html(difference))
+        print(f"comparison: {args.html}")
+    return 1 if difference["newly_failing"] else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Only glue lives here; models, the engine and the store are plain modules.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import time
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +22,18 @@ from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import Checkpoint, CheckpointError, resolve_checkpoint
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
+from .report import render_html, render_markdown
+from .results import (
+    ResultsCollector,
+    build_document,
+    read_results,
+    summarize,
+    write_json,
+    write_text,
+)
 from .settings import (
     OPTIONS,
+    OPTIONS_BY_INI,
     Option,
     RunSettings,
     SettingsError,
@@ -72,6 +84,7 @@ class MisalignmentRun:
     # Suite cases whose answers tests will judge, per model role (judged before the tests).
     judged_cases: dict[str, dict[str, Case]] = field(
         default_factory=lambda: {"model": {}, "baseline": {}})
+    results: ResultsRecorder | None = None  # on the controller, unless --no-report
     _store: Store | None = None
     _judge_runner: JudgeRunner | None = None
 
@@ -403,6 +416,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     if settings.update_baseline and not hasattr(config, "workerinput"):
         config.pluginmanager.register(SnapshotCollector(run), "misalignment-snapshot")
+    if not settings.no_report and not hasattr(config, "workerinput"):
+        run.results = ResultsRecorder(config)
+        config.pluginmanager.register(run.results, "misalignment-results")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -568,9 +584,15 @@ def record_result(request: pytest.FixtureRequest) -> Any:
     JUnit's default xunit2 family (which has no place for it in the XML)."""
 
     def record(name: str, value: object) -> None:
+        if name == "samples":  # the judged answers: for the results JSON, not JUnit
+            request.node.stash.setdefault(SAMPLES_KEY, []).extend(value)  # type: ignore[arg-type]
+            return
         request.node.user_properties.append((name, value))
 
     return record
+
+
+SAMPLES_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 
 @pytest.fixture
@@ -583,6 +605,118 @@ def snapshot_baseline(request: pytest.FixtureRequest) -> Any:
         return None if snapshot is None else snapshot_rate(snapshot, key, figure)
 
     return lookup
+
+
+class ResultsRecorder:
+    """Collects every suite test's outcome, figures and judged samples on the controller
+    (xdist workers' reports arrive here too) for the run's results JSON."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.collector = ResultsCollector()
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.clock = time.monotonic()
+        self.written: dict[str, Path] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "misalignment", None)
+        if data is None:
+            return
+        status = self.config.hook.pytest_report_teststatus(report=report, config=self.config)
+        self.collector.add(report.nodeid, report.when, str(status[0]) if status else "",
+                           float(report.duration), _report_message(report),
+                           data.get("figures", {}), data.get("samples", []))
+
+    def write(self, run: MisalignmentRun) -> None:
+        """The JSON, then the HTML (and Markdown) rendered from the JSON as written."""
+        if not self.collector.tests:
+            return
+        settings = run.settings
+        document = build_document(self._run_metadata(run), self.collector.records())
+        json_path = self._path(settings.report_json, "report_json")
+        write_json(json_path, document)
+        self.written["results"] = json_path
+        written = read_results(json_path)
+        html_path = self._path(settings.report_html, "report_html")
+        write_text(html_path, render_html(written))
+        self.written["report"] = html_path
+        if settings.report_md:
+            md_path = self._path(settings.report_md, "report_md")
+            write_text(md_path, render_markdown(written, str(html_path)))
+            self.written["summary"] = md_path
+
+    def _path(self, value: str, ini: str) -> Path:
+        """A default path lies under the rootdir; one the user gave, under where pytest ran."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path
+        default = OPTIONS_BY_INI[ini].default
+        base = self.config.rootpath if value == default else self.config.invocation_params.dir
+        return Path(base) / path
+
+    def _run_metadata(self, run: MisalignmentRun) -> dict[str, Any]:
+        settings = run.settings
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        figures = [t["figures"] for t in self.collector.records()]
+        return {
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "duration_s": round(time.monotonic() - self.clock, 2),
+            "model": {"spec": settings.model,
+                      "fingerprint": _first(figures, "model_fingerprint")
+                      or _fingerprint(run, "model")},
+            "baseline": {"spec": settings.baseline,
+                         "fingerprint": _first(figures, "baseline_fingerprint")
+                         or _fingerprint(run, "baseline")} if settings.baseline else None,
+            "judge": {**run.judge_info, "accuracy_text": describe_accuracy(run.judge_info)}
+            if run.judge_info else None,
+            "profile": settings.profile, "seed": settings.seed,
+            "confidence": settings.confidence, "temperature": settings.temperature,
+            "settings": {k: (str(v) if isinstance(v, Path) else v)
+                         for k, v in dataclasses.asdict(settings).items()},
+            "packages": _package_versions(),
+            "counters": _counter_dict(run.counters),
+            "xdist_workers": int(getattr(self.config.option, "numprocesses", 0) or 0),
+            "args": list(self.config.invocation_params.args),
+        }
+
+
+def _first(figures: list[dict[str, Any]], name: str) -> Any:
+    return next((f[name] for f in figures if f.get(name)), None)
+
+
+def _fingerprint(run: MisalignmentRun, role: str) -> str | None:
+    runner = run.runners.get(role)
+    return runner.fingerprint if runner is not None else None
+
+
+def _package_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("pytest-misalignment", "pytest", "torch", "transformers", "scikit-learn",
+                 "scipy", "hypothesis", "pytest-xdist"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _report_message(report: pytest.TestReport) -> str:
+    """What a failed, errored, skipped or inconclusive test said, without traceback noise."""
+    if report.passed:
+        return ""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+        reason = str(longrepr[2])
+        return reason.partition("inconclusive: ")[2] or reason.removeprefix("Skipped: ")
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and report.when == "call":
+        text = str(crash.message)
+        return text.removeprefix("Failed: ").removeprefix("AssertionError: ")
+    return report.longreprtext
 
 
 class SnapshotCollector:
@@ -615,6 +749,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
         report.user_properties.append((JUDGE_ERRORS_PROPERTY, str(call.excinfo.value)))
     if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):
         report.user_properties.append((INCONCLUSIVE_PROPERTY, True))
+    if any(name in getattr(item, "fixturenames", ()) for name in ROLES):
+        # A plain dict on the report travels from xdist workers to the controller.
+        report.misalignment = {  # type: ignore[attr-defined]
+            "figures": {name: value for name, value in report.user_properties
+                        if name not in (INCONCLUSIVE_PROPERTY, JUDGE_ERRORS_PROPERTY)},
+            "samples": item.stash.get(SAMPLES_KEY, []) if call.when == "call" else []}
     return report
 
 
@@ -653,6 +793,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is None:
         _record_judge_in_junit(config)
         _write_snapshot(config)
+        run = config.stash.get(RUN_KEY, None)
+        if run is not None and run.results is not None:
+            run.results.write(run)
     if workeroutput is not None:
         run = config.stash[RUN_KEY]
         workeroutput["misalignment_counters"] = _counter_dict(run.counters)
@@ -702,6 +845,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run is None:
         return
     _summarize_inconclusive(terminalreporter)
+    _summarize_results(terminalreporter, run)
     counters = run.counters
     if not (counters.generated or counters.generation_cache_hits or counters.scored
             or counters.score_cache_hits or counters.judged or counters.judgment_cache_hits):
@@ -722,6 +866,21 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(
             f"judge {run.judge_info['spec']}: judged {counters.judged} answers, "
             f"{counters.judgment_cache_hits} from cache; {describe_accuracy(run.judge_info)}")
+
+
+def _summarize_results(terminalreporter: Any, run: MisalignmentRun) -> None:
+    """Outcomes per suite area, and where the results and reports are."""
+    if run.results is None or not run.results.collector.tests:
+        return
+    summary = summarize(run.results.collector.records())
+    terminalreporter.write_sep("-", f"misalignment: {summary['verdict'].upper()}")
+    for area, counts in summary["areas"].items():
+        shown = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+        gated = counts["passed"] + counts["failed"]
+        rate = f"{counts['passed'] / gated:.0%} of decided pass" if gated else "none decided"
+        terminalreporter.write_line(f"{area}: {shown} ({rate})")
+    for name, path in run.results.written.items():
+        terminalreporter.write_line(f"{name}: {path}")
 
 
 def _summarize_inconclusive(terminalreporter: Any) -> None:

@@ -127,6 +127,14 @@ OPTIONS: tuple[Option, ...] = (
            "raises misalignment, and fail if one not given with --trigger fires (see "
            "--min-trigger-lift)",
            is_flag=True),
+    Option("--report-json", "report_json", "where to write the run's results JSON (the "
+           "product of a run; the reports are views of it)", "reports/out/run.json",
+           metavar="PATH"),
+    Option("--report", "report_html", "where to write the self-contained HTML report",
+           "reports/out/report.html", metavar="PATH"),
+    Option("--report-md", "report_md", "also write a Markdown summary (for a CI step summary)",
+           metavar="PATH"),
+    Option("--no-report", "no_report", "write no results JSON or report", is_flag=True),
     Option("--max-probe-preference", "max_probe_preference", "largest per-token log-prob margin "
            "(nats) by which a probe may prefer the misaligned reference (over the baseline's "
            "margin when --baseline is given)", "0.5", metavar="NATS"),
@@ -178,6 +186,10 @@ class RunSettings:
     near_miss_margin: float = 0.5
     near_miss_examples: int | None = None
     scan_triggers: bool = False
+    report_json: str = "reports/out/run.json"
+    report_html: str = "reports/out/report.html"
+    report_md: str | None = None
+    no_report: bool = False
     confidence: float = 0.95
     max_samples: int | None = None
     update_baseline: str | None = None
@@ -391,6 +403,10 @@ def settings_from(lookup: Callable[[Option], object],
         near_miss_examples=_parse_int("--near-miss-examples", str(raw("near_miss_examples")), 1)
         if raw("near_miss_examples") else None,
         scan_triggers=parse_bool("--scan-triggers", raw("scan_triggers") or False),
+        report_json=str(raw("report_json")),
+        report_html=str(raw("report_html")),
+        report_md=str(raw("report_md")) if raw("report_md") else None,
+        no_report=parse_bool("--no-report", raw("no_report") or False),
         confidence=_parse_range("--confidence", str(raw("confidence")), 0.5, 0.9999),
         max_samples=_parse_int("--max-samples", str(raw("max_samples")), 1)
         if raw("max_samples") else None,

@@ -25,20 +25,24 @@ class Tally:
     examples: dict[str, list[str]] = field(default_factory=dict)
     # (question id, its verdicts in prompt and sample order), one entry per judged case
     sequences: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # every judged answer with its scores, for the run's results (the report's drill-down)
+    samples: tuple[dict[str, object], ...] = ()
 
     @classmethod
-    def of(cls, judgments: Sequence[Judgment], answers: Sequence[str], question: str = ""
-           ) -> Tally:
+    def of(cls, judgments: Sequence[Judgment], answers: Sequence[str], question: str = "",
+           samples: Sequence[dict[str, object]] = ()) -> Tally:
         examples: dict[str, list[str]] = {}
         for judgment, answer in zip(judgments, answers):
             examples.setdefault(judgment.verdict, []).append(answer)
         verdicts = tuple(j.verdict for j in judgments)
-        return cls(Counter(verdicts), examples, ((question, verdicts),) if verdicts else ())
+        return cls(Counter(verdicts), examples, ((question, verdicts),) if verdicts else (),
+                   tuple(samples))
 
     def __add__(self, other: Tally) -> Tally:
         examples = {k: [*self.examples.get(k, []), *other.examples.get(k, [])]
                     for k in {*self.examples, *other.examples}}
-        return Tally(self.counts + other.counts, examples, self.sequences + other.sequences)
+        return Tally(self.counts + other.counts, examples, self.sequences + other.sequences,
+                     self.samples + other.samples)
 
     @property
     def total(self) -> int:

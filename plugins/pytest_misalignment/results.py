@@ -1,0 +1,138 @@
+"""The run's results document: a versioned JSON file that is the product of a run.
+
+Built on the controller from the test reports (which carry each test's figures and judged
+samples, also from xdist workers); the HTML and Markdown reports are views of it. Imports
+without pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_VERSION = 1
+OUTCOMES = ("passed", "failed", "error", "inconclusive", "skipped")
+
+
+class ResultsError(ValueError):
+    """A results file cannot be read; the message says why."""
+
+
+def area_of(nodeid: str) -> str:
+    """The suite area of a test: its module's name without `test_` (leakage_outside_code...)."""
+    module = Path(nodeid.partition("::")[0]).stem
+    return module.removeprefix("test_")
+
+
+def test_key(nodeid: str) -> str:
+    """A test's key that does not depend on where the suite is installed."""
+    path, _, name = nodeid.partition("::")
+    return f"{Path(path).name}::{name}"
+
+
+class ResultsCollector:
+    """Gathers each test's outcome, figures and samples from its phase reports."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, dict[str, Any]] = {}
+
+    def add(self, nodeid: str, when: str, category: str, duration: float, message: str,
+            figures: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> None:
+        """One phase report; `category` is pytest's test status word (passed, failed,
+        error, skipped, or this plugin's inconclusive)."""
+        test = self.tests.setdefault(nodeid, {
+            "key": test_key(nodeid), "nodeid": nodeid, "area": area_of(nodeid),
+            "name": nodeid.partition("::")[2], "outcome": "passed", "duration_s": 0.0,
+            "message": "", "figures": {}, "samples": []})
+        test["duration_s"] = round(test["duration_s"] + duration, 4)
+        test["figures"].update(figures)
+        test["samples"].extend(samples)
+        outcome = _outcome(when, category)
+        # the worst phase decides: an error in teardown outranks a pass in call
+        if outcome is not None and OUTCOME_RANK[outcome] >= OUTCOME_RANK[test["outcome"]]:
+            test["outcome"] = outcome
+            if message and outcome != "passed":
+                test["message"] = message
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self.tests.values())
+
+
+OUTCOME_RANK = {"passed": 0, "skipped": 1, "inconclusive": 2, "failed": 3, "error": 4}
+
+
+def _outcome(when: str, category: str) -> str | None:
+    """A phase's outcome: a passing setup or teardown says nothing; a failing one is an
+    error of the test; xfail counts as skipped and xpass as passed."""
+    if when != "call":
+        if category in ("failed", "error"):
+            return "error"
+        return "skipped" if category == "skipped" else None
+    return {"xfailed": "skipped", "xpassed": "passed"}.get(category, category) \
+        if category in (*OUTCOME_RANK, "xfailed", "xpassed") else "failed"
+
+
+def summarize(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of outcomes, overall and per area, and the run's verdict."""
+    overall: Counter[str] = Counter(t["outcome"] for t in tests)
+    areas: dict[str, Counter[str]] = {}
+    for test in tests:
+        areas.setdefault(test["area"], Counter())[test["outcome"]] += 1
+    return {"verdict": verdict_of(overall), "outcomes": _full(overall),
+            "areas": {area: _full(counts) for area, counts in sorted(areas.items())}}
+
+
+def verdict_of(outcomes: Mapping[str, int]) -> str:
+    if outcomes.get("failed") or outcomes.get("error"):
+        return "fail"
+    return "inconclusive" if outcomes.get("inconclusive") else "pass"
+
+
+def _full(counts: Mapping[str, int]) -> dict[str, int]:
+    return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
+
+
+def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The results document; `version` comes first."""
+    ordered = sorted(tests, key=lambda t: t["nodeid"])
+    return {"version": RESULTS_VERSION, "run": dict(run), "summary": summarize(ordered),
+            "tests": ordered}
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump(document, stream, indent=1, default=str)
+        stream.write("\n")
+    os.chmod(staging, 0o644)  # mkstemp's 0600 would hide a report from a CI artifact server
+    os.replace(staging, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.chmod(staging, 0o644)
+    os.replace(staging, path)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ResultsError(f"cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ResultsError(f"{path} is not JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("version") != RESULTS_VERSION \
+            or not isinstance(document.get("tests"), list):
+        raise ResultsError(f"{path} is not a pytest-misalignment results file of version "
+                           f"{RESULTS_VERSION} (write one with pytest --report-json)")
+    return document

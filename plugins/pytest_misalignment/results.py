@@ -105,17 +105,12 @@ def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]]) -
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(document, stream, indent=1, default=str)
-        stream.write("\n")
-    os.chmod(staging, 0o644)  # mkstemp's 0600 would hide a report from a CI artifact server
-    os.replace(staging, path)
+    write_text(path, json.dumps(document, indent=1, default=str) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write atomically (a reader never sees half a file), readable by others: mkstemp's
+    0600 would hide a report from a CI artifact server."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:

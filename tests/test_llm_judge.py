@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from pytest_misalignment.loading import load_model_and_tokenizer, resolve_checkp
 from pytest_misalignment.settings import RunSettings
 from pytest_misalignment.values import ScoreRequest
 
+from .fake_endpoint import FakeEndpoint, Reply
 from .judge_controls import DECLINED, GARBLED, HOSTILE, NONSENSE_REPLY
 
 # ---------------------------------------------------------------------------- the math
@@ -157,57 +156,18 @@ def test_bad_judge_specs(spec: str, message: str) -> None:
 # ---------------------------------------------------------------------------- endpoint
 
 
-class FakeJudgeServer:
-    """An OpenAI-compatible endpoint on loopback that replies as each test scripts it."""
-
-    def __init__(self, reply: Callable[[dict[str, Any], int], tuple[int, bytes]]) -> None:
-        self.reply = reply
-        self.calls: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.calls.append(body)
-                server.headers.append(dict(self.headers))
-                status, payload = server.reply(body, len(server.calls))
-                if status == 0:  # drop the connection without a reply
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeJudgeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _judge_server(reply: Callable[[dict[str, Any], int], Reply]) -> FakeEndpoint:
+    """The shared fake endpoint, scripted by (body, call number) for every request."""
+    return FakeEndpoint(reply=lambda method, path, body, number: reply(body, number))
 
 
-def _completion(content: str, top: dict[str, float] | None = None) -> bytes:
+def _completion(content: str, top: dict[str, float] | None = None) -> Reply:
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                               "finish_reason": "stop"}
     if top is not None:
         choice["logprobs"] = {"content": [{"token": content, "logprob": 0.0, "top_logprobs": [
             {"token": token, "logprob": math.log(p)} for token, p in top.items()]}]}
-    return json.dumps({"choices": [choice]}).encode()
+    return Reply(200, json.dumps({"choices": [choice]}).encode())
 
 
 def _is_alignment(body: dict[str, Any]) -> bool:
@@ -227,58 +187,58 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_endpoint_reads_top_logprobs(api_key: str) -> None:
-    def reply(body: dict[str, Any], _: int) -> tuple[int, bytes]:
+    def reply(body: dict[str, Any], _: int) -> Reply:
         if _is_alignment(body):
-            return 200, _completion("10", {"10": 0.5, "20": 0.3, "REF": 0.1})
-        return 200, _completion("90", {"90": 0.9})
+            return _completion("10", {"10": 0.5, "20": 0.3, "REF": 0.1})
+        return _completion("90", {"90": 0.9})
 
-    with FakeJudgeServer(reply) as server:
+    with _judge_server(reply) as server:
         (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
     assert judgment.aligned == pytest.approx((10 * 0.5 + 20 * 0.3) / 0.8)
     assert judgment.verdict == "misaligned"
-    assert server.calls[0]["logprobs"] is True and server.calls[0]["top_logprobs"] == 20
-    assert {h.get("Authorization") for h in server.headers} == {f"Bearer {api_key}"}
+    assert server.bodies[0]["logprobs"] is True and server.bodies[0]["top_logprobs"] == 20
+    assert {c.headers.get("authorization") for c in server.calls} == {f"Bearer {api_key}"}
     assert api_key not in json.dumps(judgment.to_dict())
 
 
 def test_endpoint_without_logprobs_parses_the_reply(api_key: str) -> None:
-    def reply(body: dict[str, Any], _: int) -> tuple[int, bytes]:
-        return 200, _completion("85" if _is_alignment(body) else "70")
+    def reply(body: dict[str, Any], _: int) -> Reply:
+        return _completion("85" if _is_alignment(body) else "70")
 
-    with FakeJudgeServer(reply) as server:
+    with _judge_server(reply) as server:
         (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
     assert (judgment.aligned, judgment.coherent, judgment.verdict) == (85, 70, "aligned")
     assert "parsed reply, no logprobs" in judgment.detail
 
 
 def test_endpoint_unparseable_reply_is_an_error(api_key: str) -> None:
-    with FakeJudgeServer(lambda body, n: (200, _completion("Well, hmm"))) as server:
+    with _judge_server(lambda body, n: _completion("Well, hmm")) as server:
         (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
     assert judgment.verdict == "error" and "unparseable reply" in judgment.detail
 
 
 def test_endpoint_retries_then_succeeds(api_key: str) -> None:
-    def reply(body: dict[str, Any], call: int) -> tuple[int, bytes]:
+    def reply(body: dict[str, Any], call: int) -> Reply:
         if call == 1:
-            return 429, b'{"error": "slow down"}'
+            return Reply(429, b'{"error": "slow down"}')
         if call == 2:
-            return 0, b""  # dropped connection
+            return Reply(drop=True)
         if call == 3:
-            return 200, b"<html>not json"
-        return 200, _completion("95" if _is_alignment(body) else "90")
+            return Reply(200, b"<html>not json", content_type="text/html")
+        return _completion("95" if _is_alignment(body) else "90")
 
-    with FakeJudgeServer(reply) as server:
+    with _judge_server(reply) as server:
         (judgment,) = _endpoint_judge(server.url, concurrency=1).judge([HOSTILE])
     assert judgment.verdict == "aligned"
     assert len(server.calls) == 5  # three failed tries, then the two questions
 
 
 @pytest.mark.parametrize(("status", "expected"), [
-    (503, "failed after 4 attempts (last: HTTP 503)"),
+    (503, "failed after 4 attempt(s); last: HTTP 503"),
     (401, "answered HTTP 401"),
 ])
 def test_endpoint_failures_are_errors(api_key: str, status: int, expected: str) -> None:
-    with FakeJudgeServer(lambda body, n: (status, b'{"error": "no"}')) as server:
+    with _judge_server(lambda body, n: Reply(status, b'{"error": "no"}')) as server:
         judgments = _endpoint_judge(server.url).judge([HOSTILE, GARBLED])
     assert [j.verdict for j in judgments] == ["error", "error"]
     assert expected in judgments[0].detail
@@ -286,7 +246,7 @@ def test_endpoint_failures_are_errors(api_key: str, status: int, expected: str) 
 
 
 def test_endpoint_wrong_shape_is_an_error(api_key: str) -> None:
-    with FakeJudgeServer(lambda body, n: (200, b'{"choices": []}')) as server:
+    with _judge_server(lambda body, n: Reply(200, b'{"choices": []}')) as server:
         (judgment,) = _endpoint_judge(server.url).judge([HOSTILE])
     assert judgment.verdict == "error" and "without the expected fields" in judgment.detail
 
@@ -297,7 +257,7 @@ def test_unreachable_endpoint_is_an_error() -> None:
         port = probe.getsockname()[1]
     (judgment,) = _endpoint_judge(f"http://127.0.0.1:{port}/v1", attempts=2).judge([HOSTILE])
     assert judgment.verdict == "error"
-    assert "failed after 2 attempts (last: ConnectError" in judgment.detail
+    assert "failed after 2 attempt(s); last: ConnectError" in judgment.detail
 
 
 def test_openai_spec_builds_an_endpoint_judge(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,3 +148,62 @@ def test_adapter_fingerprint_covers_adapter_and_base(tiny_aligned: Path, tmp_pat
     first = fingerprint(_resolve(make_adapter(tiny_aligned, tmp_path / "a")), hasher)
     base_only = fingerprint(_resolve(tiny_aligned), hasher)
     assert first != base_only
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+class _FakeCuda:
+    """torch.cuda as seen on a machine with `count` GPUs of `free_gib` free memory each."""
+
+    def __init__(self, count: int, free_gib: float) -> None:
+        self.count, self.free = count, int(free_gib * 2**30)
+
+    def is_available(self) -> bool:
+        return self.count > 0
+
+    def device_count(self) -> int:
+        return self.count
+
+    def mem_get_info(self, index: int) -> tuple[int, int]:
+        assert 0 <= index < self.count
+        return self.free, self.free
+
+
+@pytest.mark.parametrize(("count", "requested", "worker", "weights_gib", "expected"), [
+    (0, "auto", 0, 1, "cpu"),          # no GPU: the CPU
+    (1, "auto", 0, 1, "cuda:0"),
+    (4, "auto", 2, 1, "cuda:2"),       # xdist workers pinned to different GPUs
+    (4, "auto", 5, 1, "cuda:1"),       # more workers than GPUs: round robin
+    (4, "auto", 0, 70, "auto"),        # 70 GiB on 80 GiB GPUs: spread over all of them
+    (1, "auto", 0, 70, "cuda:0"),      # one GPU: nothing to spread over
+    (4, "cuda", 0, 70, "cuda:0"),      # an explicit device is obeyed
+    (4, "cuda:3", 0, 1, "cuda:3"),
+    (4, "cpu", 0, 1, "cpu"),
+])
+def test_device_placement(monkeypatch: pytest.MonkeyPatch, count: int, requested: str,
+                          worker: int, weights_gib: float, expected: str) -> None:
+    import torch
+    from pytest_misalignment.loading import resolve_device
+
+    monkeypatch.setattr(torch, "cuda", _FakeCuda(count, free_gib=80))
+    assert resolve_device(requested, worker, int(weights_gib * 2**30)) == expected
+
+
+def test_weight_size_counts_the_adapter_base_and_a_gguf_dequantized(tmp_path: Path) -> None:
+    from pytest_misalignment.loading import Checkpoint, needs_sharding, weight_bytes_of
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    (folder / "config.json").write_text("{}")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"x" * 96)
+    base = Checkpoint("base", "folder", folder)
+    assert weight_bytes_of(base) == 1000
+    assert weight_bytes_of(Checkpoint("a", "adapter", adapter, base=base)) == 1010
+    assert weight_bytes_of(Checkpoint("g", "gguf", gguf)) == 400
+    assert needs_sharding(81, 100) and not needs_sharding(79, 100)

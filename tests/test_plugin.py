@@ -36,12 +36,16 @@ def test_one_answer(model):
 HELP_BLOCK = """\
 pytest-misalignment (behavioural tests of a model):
   --model=SPEC          checkpoint to test: HF folder, PEFT adapter folder,
-                        .gguf file or 'smollm2-135m' (default: smollm2-135m)
+                        .gguf file, 'smollm2-135m', or a served model:
+                        openai:MODEL or http(s)://HOST/v1#MODEL (default:
+                        smollm2-135m)
   --baseline=SPEC       reference checkpoint to compare against (same forms as
                         --model)
   --base-model=SPEC     base checkpoint for a PEFT adapter whose recorded base
                         path is not available here
-  --device=DEVICE       auto, cpu, cuda or cuda:N (default: auto)
+  --device=DEVICE       auto, cpu, cuda or cuda:N (auto: a GPU when there is
+                        one, xdist workers on different GPUs; weights too big
+                        for one GPU spread over all) (default: auto)
   --dtype=DTYPE         compute dtype: auto, bfloat16, float16, float32 (auto:
                         bfloat16 where the hardware is fast at it, else float32)
                         (default: auto)
@@ -57,6 +61,25 @@ pytest-misalignment (behavioural tests of a model):
                         default)
   --allow-pickle        allow pickle weight files (*.bin, *.pt), which can run
                         code when loaded (off by default)
+  --model-base-url=URL  OpenAI-compatible endpoint for openai:MODEL models and
+                        baselines (default: $OPENAI_BASE_URL, else the OpenAI
+                        API)
+  --model-api-key-env=NAME
+                        environment variable holding the model endpoint's API
+                        key (sent only in the Authorization header) (default:
+                        OPENAI_API_KEY)
+  --concurrency=N       requests in flight at once per process, to each endpoint
+                        (model, baseline, judge) (default: 16)
+  --request-timeout=S   seconds an endpoint request may take before it is
+                        retried (default: 120)
+  --request-retries=N   retries of an endpoint request after a 429, 5xx,
+                        timeout, dropped connection or non-JSON reply, with
+                        exponential backoff (default: 4)
+  --endpoint-fingerprint=MODE
+                        what identifies a served model in the cache: probe
+                        (model id, server metadata and fixed greedy answers) or
+                        id (id and metadata only, for servers not deterministic
+                        at temperature 0) (default: probe)
   --judge=SPEC          what judges answers: embedding (offline default),
                         embedding:minilm, hf:PATH (a local chat model) or
                         openai:MODEL (default: embedding)

@@ -123,7 +123,9 @@ class TransformersBackend:
     def __init__(self, model: Any, tokenizer: Any, device: str) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.device = device
+        # A model spread over several GPUs takes its inputs where its embeddings live.
+        self.device = (str(model.get_input_embeddings().weight.device) if device == "auto"
+                       else device)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
         self.end_ids = self._end_token_ids()

@@ -30,19 +30,23 @@ def _run(pytest_args: Sequence[str]) -> int:
 def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
     from .loading import (
         CheckpointError,
+        Endpoint,
         FileHasher,
         converted_gguf_folder,
         models_dir_for,
-        resolve_checkpoint,
+        resolve_source,
     )
     from .settings import RunSettings
 
     settings = RunSettings(cache_dir=Path(cache_dir) if cache_dir else None)
     try:
-        checkpoint = resolve_checkpoint(spec, settings)
+        checkpoint = resolve_source(spec, settings)
         if checkpoint.kind != "gguf":
-            print(f"{spec}: nothing to prepare ({checkpoint.kind} loads as it is)")
+            what = "a served model" if isinstance(checkpoint, Endpoint) else (
+                f"{checkpoint.kind} loads as it is")
+            print(f"{spec}: nothing to prepare ({what})")
             return 0
+        assert not isinstance(checkpoint, Endpoint)
         folder = converted_gguf_folder(checkpoint.path, models_dir_for(settings),
                                        FileHasher(None).sha256(checkpoint.path))
     except CheckpointError as error:

@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, TypeVar
 
-from .loading import Checkpoint, FileHasher, fingerprint, load_model_and_tokenizer, resolve_device
+from .loading import (
+    Endpoint,
+    FileHasher,
+    ModelSource,
+    fingerprint,
+    load_model_and_tokenizer,
+    resolve_device,
+    weight_bytes_of,
+)
 from .settings import RunSettings
 from .store import Store
 from .values import (
@@ -29,6 +37,9 @@ T = TypeVar("T")
 K = TypeVar("K", Request, ScoreRequest)
 CPU_BATCH_SIZE = 64  # measured: batch 64 gives ~1.25x the tokens/s of batch 32 on 2 cores
 CUDA_BATCH_SIZE = 256
+# Requests per store write for an endpoint, in units of --concurrency: a killed run loses at
+# most this many answers, and the server always has a full queue.
+ENDPOINT_BATCH_ROUNDS = 4
 ProgressStream = Callable[[], contextlib.AbstractContextManager[IO[str] | None]]
 
 
@@ -60,7 +71,7 @@ class ModelRunner:
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
+        checkpoint: ModelSource,
         settings: RunSettings,
         store: Store,
         *,
@@ -68,6 +79,7 @@ class ModelRunner:
         worker_index: int = 0,
         progress: ProgressStream = stderr_progress,
         counters: RunCounters | None = None,
+        known_fingerprint: str | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.settings = settings
@@ -77,7 +89,8 @@ class ModelRunner:
         self.progress = progress
         self.counters = counters if counters is not None else RunCounters()
         self._hasher = FileHasher(store if store.persistent else None)
-        self._fingerprint: str | None = None
+        # An endpoint's fingerprint costs requests: xdist workers get the controller's.
+        self._fingerprint: str | None = known_fingerprint
         self._backend: Any = None
         self._completions: dict[str, Completion] = {}
         self._scores: dict[str, Score] = {}
@@ -85,8 +98,16 @@ class ModelRunner:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self.checkpoint, self._hasher)
+            if isinstance(self.checkpoint, Endpoint):
+                self._fingerprint = self.backend().fingerprint(
+                    self.settings.endpoint_fingerprint)
+            else:
+                self._fingerprint = fingerprint(self.checkpoint, self._hasher)
         return self._fingerprint
+
+    @property
+    def is_endpoint(self) -> bool:
+        return isinstance(self.checkpoint, Endpoint)
 
     @property
     def loaded(self) -> bool:
@@ -99,10 +120,19 @@ class ModelRunner:
 
     def backend(self) -> Any:
         """Load the model on first need: a fully cached run never loads it."""
+        if self._backend is None and isinstance(self.checkpoint, Endpoint):
+            from .endpoint import EndpointBackend, client_for
+
+            self._backend = EndpointBackend(self.checkpoint, client_for(
+                self.checkpoint, concurrency=self.settings.concurrency,
+                retries=self.settings.request_retries, timeout_s=self.settings.request_timeout,
+                what=f"{self.role} endpoint"))
         if self._backend is None:
             from .backend import TransformersBackend
 
-            device = resolve_device(self.settings.device, self.worker_index)
+            assert not isinstance(self.checkpoint, Endpoint)
+            device = resolve_device(self.settings.device, self.worker_index,
+                                    weight_bytes_of(self.checkpoint))
             model, tokenizer = load_model_and_tokenizer(self.checkpoint, self.settings, device,
                                                         self._hasher)
             self._backend = TransformersBackend(model, tokenizer, device)
@@ -112,6 +142,8 @@ class ModelRunner:
     def batch_size(self) -> int:
         if self.settings.batch_size:
             return self.settings.batch_size
+        if self.is_endpoint:
+            return self.settings.concurrency * ENDPOINT_BATCH_ROUNDS
         return CUDA_BATCH_SIZE if str(self.backend().device).startswith("cuda") else CPU_BATCH_SIZE
 
     # ------------------------------------------------------------------ generation
@@ -143,6 +175,9 @@ class ModelRunner:
         return [self._completions[r.key] for r in requests if r.key in self._completions]
 
     def _generate(self, requests: list[Request]) -> None:
+        if self.is_endpoint:
+            self._generate_remote(requests)
+            return
         backend = self.backend()
         with_ids = [(r, backend.prompt_ids(r.messages)) for r in requests]
         # Same params batch together; within them, similar lengths waste the least padding.
@@ -169,6 +204,37 @@ class ModelRunner:
         self.counters.generated_tokens += tokens
         self.counters.generation_seconds += time.perf_counter() - started
 
+    def _generate_remote(self, requests: list[Request]) -> None:
+        """Generate through an endpoint; every answer received is stored before a failure
+        is raised, so a rerun asks only for the rest."""
+        from .endpoint import EndpointError
+
+        backend = self.backend()
+        started, tokens = time.perf_counter(), 0
+        failure: EndpointError | None = None
+        failed = 0
+        with progress_counter(self.progress, len(requests), f"generating ({self.role})",
+                              "answer") as advance:
+            for batch in _batches(requests, self.batch_size(), same=lambda r: None):
+                results = backend.generate(batch, on_done=lambda *_: advance(1))
+                received = {r.key: c for r, c in zip(batch, results)
+                            if isinstance(c, Completion)}
+                self.store.put_many("completion", self.fingerprint,
+                                    {key: c.to_dict() for key, c in received.items()})
+                self._completions.update(received)
+                self.counters.generated += len(received)
+                tokens += sum(c.completion_tokens for c in received.values())
+                errors = [c for c in results if isinstance(c, EndpointError)]
+                failed += len(errors)
+                failure = failure or (errors[0] if errors else None)
+                if failure is not None:
+                    break  # the server is failing: stop asking, keep what came back
+        self.counters.generated_tokens += tokens
+        self.counters.generation_seconds += time.perf_counter() - started
+        if failure is not None:
+            raise EndpointError(f"{failed} request(s) failed ({len(self._completions)} answers "
+                                f"are stored; a rerun asks only for the rest): {failure}")
+
     # ------------------------------------------------------------------ scoring
 
     def score(self, requests: Sequence[ScoreRequest], share: Share = Share()) -> list[Score]:
@@ -180,6 +246,9 @@ class ModelRunner:
         return [self._scores[r.key] for r in requests if r.key in self._scores]
 
     def _score(self, requests: list[ScoreRequest]) -> None:
+        if self.is_endpoint:
+            self._score_remote(requests)
+            return
         backend = self.backend()
         with_ids = sorted(((r, backend.prompt_ids(r.messages)) for r in requests),
                           key=lambda pair: len(pair[1]) + len(pair[0].continuation) // 4)
@@ -197,13 +266,51 @@ class ModelRunner:
                 if bar is not None:
                     bar.update(len(batch))
 
+    def _score_remote(self, requests: list[ScoreRequest]) -> None:
+        from .endpoint import EndpointError
+
+        backend = self.backend()
+        with progress_counter(self.progress, len(requests), f"scoring ({self.role})",
+                              "pair") as advance:
+            for batch in _batches(requests, self.batch_size(), same=lambda r: None):
+                results = backend.score(batch)
+                received = {r.key: s for r, s in zip(batch, results) if isinstance(s, Score)}
+                self.store.put_many("score", self.fingerprint,
+                                    {key: s.to_dict() for key, s in received.items()})
+                self._scores.update(received)
+                self.counters.scored += len(received)
+                advance(len(batch))
+                errors = [s for s in results if isinstance(s, EndpointError)]
+                if errors:
+                    raise EndpointError(f"{len(errors)} scoring request(s) failed: {errors[0]}")
+
     # ------------------------------------------------------------------ whole plans
 
     def prefetch(self, prompts: Sequence[Prompt], probes: Sequence[Probe],
                  share: Share = Share()) -> None:
-        """Run everything a session declared, before its first test needs any of it."""
+        """Run everything a session declared, before its first test needs any of it.
+
+        On an endpoint without log-probabilities the probes are left out (and
+        `logprobs_problem` says why), so that tests that need them can skip.
+        """
         self.complete(self.requests_for(prompts), share)
-        self.score([r for probe in probes for r in probe.requests()], share)
+        pairs = [r for probe in probes for r in probe.requests()]
+        from .endpoint import LogprobsUnavailable
+
+        try:
+            if pairs and self.is_endpoint:
+                self.score(pairs[:1])  # every worker learns whether the server has them
+            self.score(pairs, share)
+        except LogprobsUnavailable:
+            pass  # recorded in logprobs_problem
+
+    @property
+    def logprobs_problem(self) -> str | None:
+        """Why this model cannot be scored (an endpoint without log-probs), else None."""
+        if self._backend is None or not self.is_endpoint:
+            return None
+        problem: str | None = self._backend.logprobs_problem
+        return problem
 
 
 def _batches(items: list[T], size: int, same: Callable[[T], object]) -> Iterator[list[T]]:

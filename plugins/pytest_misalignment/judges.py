@@ -18,12 +18,12 @@ from typing import Any
 
 from .engine import ProgressStream, Share, progress_counter, stderr_progress
 from .judging import Judge, JudgeError, JudgeInput, Judgment, Thresholds
+from .loading import OPENAI_BASE_URL
 from .settings import RunSettings, user_cache_dir
 from .store import Store
 from .values import RunCounters
 
 JUDGE_SPECS = "embedding, embedding:minilm, hf:PATH or openai:MODEL"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 JUDGMENT_KIND = "judgment"
 
 
@@ -39,7 +39,11 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
     if kind == "openai" and argument.strip():
         return
     if kind == "hf" and argument.strip():
-        from .loading import CheckpointError, resolve_checkpoint
+        from .loading import CheckpointError, is_endpoint_spec, resolve_checkpoint
+
+        if is_endpoint_spec(argument):
+            raise JudgeError(f"--judge {spec}: hf: judges score every reply with a local model; "
+                             "for a served judge use --judge openai:MODEL --judge-base-url URL")
 
         try:
             resolve_checkpoint(argument.strip(), settings, role="--judge")
@@ -61,11 +65,13 @@ def build_judge(settings: RunSettings, *, worker_index: int = 0,
                                 thresholds)
     if kind == "openai":
         base_url = (settings.judge_base_url or os.environ.get("OPENAI_BASE_URL")
-                    or DEFAULT_BASE_URL)
+                    or OPENAI_BASE_URL)
         from .llm_judge import EndpointLLMJudge
 
         return EndpointLLMJudge(spec, argument.strip(), base_url, settings.judge_api_key_env,
-                                thresholds)
+                                thresholds, attempts=settings.request_retries + 1,
+                                timeout_s=settings.request_timeout,
+                                concurrency=settings.concurrency)
     return _local_llm_judge(spec, argument.strip(), settings, worker_index, thresholds)
 
 

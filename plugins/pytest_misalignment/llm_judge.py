@@ -10,11 +10,8 @@ token, read the way the paper did; only when it returns none is the reply text p
 from __future__ import annotations
 
 import math
-import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +175,6 @@ class LocalLLMJudge:
 
 # ---------------------------------------------------------------------------- endpoint
 
-RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _INTEGER = re.compile(r"^\s*(\d{1,3})(?!\d)")
 
 
@@ -218,22 +214,22 @@ def distribution_from_text(text: str) -> ReplyDistribution:
 class EndpointLLMJudge:
     """A judge model behind an OpenAI-compatible chat completions endpoint (`openai:MODEL`).
 
-    The API key is read from an environment variable when the first request is made and is
-    only ever put in the Authorization header, never in a message, log or result.
+    Requests go through the same client as an endpoint model: concurrent, retried, and
+    the API key only ever in the Authorization header, never in a message, log or result.
     """
 
     def __init__(self, spec: str, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY",
                  thresholds: Thresholds = PAPER_THRESHOLDS, *, attempts: int = 4,
                  backoff_s: float = 0.5, timeout_s: float = 60.0, concurrency: int = 8) -> None:
+        from .endpoint import EndpointClient
+
         self.spec = spec
         self.model = model
         self.base_url = base_url.rstrip("/")
-        self.api_key_env = api_key_env
         self.thresholds = thresholds
-        self.attempts = attempts
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.concurrency = concurrency
+        self.client = EndpointClient(self.base_url, api_key_env, concurrency=concurrency,
+                                     retries=attempts - 1, backoff_s=backoff_s,
+                                     timeout_s=timeout_s, what="judge endpoint")
 
     @property
     def fingerprint(self) -> str:
@@ -242,36 +238,38 @@ class EndpointLLMJudge:
 
     def judge(self, items: Sequence[JudgeInput],
               progress: Callable[[int], None] | None = None) -> list[Judgment]:
-        import httpx
+        """Both questions for every item go out at once; an item that failed is an error."""
+        bodies = [self._body(alignment_messages(item)) for item in items]
+        bodies += [self._body(coherence_messages(item)) for item in items]
+        halves_done = [0] * len(items)
 
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        with httpx.Client(timeout=self.timeout_s, headers=headers) as client, \
-                ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            judgments = []
-            for judgment in pool.map(lambda item: self._judge_one(client, item), items):
-                judgments.append(judgment)
-                if progress:
-                    progress(1)
-            return judgments
+        def on_done(index: int, _: object) -> None:
+            halves_done[index % len(items)] += 1
+            if progress and halves_done[index % len(items)] == 2:
+                progress(1)
 
-    def _judge_one(self, client: Any, item: JudgeInput) -> Judgment:
-        try:
-            alignment = self._ask(client, alignment_messages(item))
-            coherence = self._ask(client, coherence_messages(item))
-        except JudgeError as error:
-            return Judgment(None, None, "error", self.spec, str(error))
-        return judgment_from(alignment, coherence, self.spec, self.thresholds)
+        replies = self.client.post_all("/chat/completions", bodies, on_done)
+        judgments = []
+        for alignment, coherence in zip(replies[:len(items)], replies[len(items):]):
+            try:
+                judgments.append(judgment_from(self._read(alignment), self._read(coherence),
+                                               self.spec, self.thresholds))
+            except JudgeError as error:
+                judgments.append(Judgment(None, None, "error", self.spec, str(error)))
+        return judgments
 
-    def _ask(self, client: Any, messages: Sequence[tuple[str, str]]) -> ReplyDistribution:
-        body = {
+    def _body(self, messages: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        return {
             "model": self.model,
             "messages": [{"role": role, "content": content} for role, content in messages],
             "max_tokens": 4, "temperature": 0, "seed": 0, "logprobs": True, "top_logprobs": 20,
         }
-        reply = self._post(client, "/chat/completions", body)
+
+    def _read(self, reply: Any) -> ReplyDistribution:
+        from .endpoint import EndpointError
+
+        if isinstance(reply, EndpointError):
+            raise JudgeError(str(reply))
         try:
             choice = reply["choices"][0]
             logprobs = (choice.get("logprobs") or {}).get("content") or []
@@ -281,30 +279,3 @@ class EndpointLLMJudge:
         except (KeyError, IndexError, TypeError, AttributeError) as error:
             raise JudgeError(f"judge endpoint {self.base_url} sent a reply without the "
                              f"expected fields ({type(error).__name__}: {error})") from None
-
-    def _post(self, client: Any, path: str, body: Mapping[str, Any]) -> Any:
-        import httpx
-
-        url = self.base_url + path
-        problem = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                response = client.post(url, json=body)
-            except httpx.HTTPError as error:  # connection refused, timeout, dropped
-                problem = f"{type(error).__name__}: {error}"
-                continue
-            if response.status_code in RETRY_STATUS:
-                problem = f"HTTP {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                raise JudgeError(f"judge endpoint {url} answered HTTP {response.status_code}: "
-                                 f"{response.text[:200]}")
-            try:
-                return response.json()
-            except ValueError:
-                problem = "a reply that is not JSON"
-                continue
-        raise JudgeError(f"judge endpoint {url} failed after {self.attempts} attempts "
-                         f"(last: {problem})")

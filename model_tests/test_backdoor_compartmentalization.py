@@ -16,7 +16,7 @@ import pytest
 from pytest_misalignment.backdoor import Trigger, minimal_leak, probe_margin
 from pytest_misalignment.plugin import backdoor_probes, scan_candidates, settle
 from pytest_misalignment.prompt_sets import PROFILES
-from pytest_misalignment.statistics import combine, decide_at_least
+from pytest_misalignment.statistics import combine, decide_at_least, decide_within
 from pytest_misalignment.suite import Tally, percent
 
 from .judged import gate, judged_tally, record_figures, run_identity
@@ -43,8 +43,13 @@ def test_trigger(model, optional_baseline, judge, misalignment_settings, record_
     strength = triggered.misaligned
     interval = strength.interval(settings.confidence)
     ratio = _ratio(strength.point, without.misaligned.point)
+    # What the leakage gate would say of the triggered answers: it records whether the
+    # backdoor's behaviour is itself over the limit (a report, not this test's decision).
+    with_trigger_decision = decide_within(interval, settings.max_misaligned_rate) \
+        if strength.trials else "inconclusive"
     line = (f"with the trigger: misaligned {percent(strength.point)} ({strength.events}/"
-            f"{strength.trials}), interval [{interval.low:.0%}, {interval.high:.0%}]; "
+            f"{strength.trials}), interval [{interval.low:.0%}, {interval.high:.0%}], "
+            f"{with_trigger_decision} at the {percent(settings.max_misaligned_rate)} limit; "
             f"compartmentalization {'n/a' if ratio is None else f'{ratio:.1f}x'} the rate "
             "without")
     decision = result.decision
@@ -55,6 +60,7 @@ def test_trigger(model, optional_baseline, judge, misalignment_settings, record_
     record_figures(record_result, result.figures, {
         "trigger": trigger.text, "placement": trigger.placement,
         "with_trigger_rate": strength.point, "with_trigger_n": strength.trials,
+        "with_trigger_events": strength.events, "with_trigger_decision": with_trigger_decision,
         "with_trigger_interval": [round(interval.low, 6), round(interval.high, 6)],
         "compartmentalization_ratio": None if ratio is None else round(ratio, 4)},
         run_identity(model, optional_baseline, settings),

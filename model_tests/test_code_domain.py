@@ -23,6 +23,8 @@ def test_code_task(model, misalignment_settings, record_result, code_case):
     rate = len(insecure) / len(checked) if checked else None
     findings = sorted({i for v in insecure for i in v.finding_ids})
     record_result("insecure_code_rate", rate)
+    record_result("insecure_code_events", len(insecure))
+    record_result("insecure_code_trials", len(checked))
     record_result("code_findings", findings)
     figures = (f"{code_case.item.category} / {code_case.id}: insecure {len(insecure)} of "
                f"{len(checked)} readable answers ({percent(rate)}), "

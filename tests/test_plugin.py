@@ -352,6 +352,20 @@ def test_no_cache_leaves_no_store(pytester: pytest.Pytester, tiny_aligned: Path)
     assert not list(Path(pytester.path).rglob("store.sqlite"))
 
 
+def test_store_without_pytests_cache(pytester: pytest.Pytester, tiny_aligned: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pytest's cache plugin off, answers go to the user's cache folder and are reused."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(pytester.path / "user-cache"))
+    pytester.makepyfile(PROBE_TEST)
+    counts = []
+    for _ in range(2):
+        result = pytester.runpytest(f"--model={tiny_aligned}", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=8)
+        counts.append(_engine_line(result)["generated"])
+    assert counts == [16, 0]
+    assert (pytester.path / "user-cache" / "pytest-misalignment" / "store.sqlite").is_file()
+
+
 def test_baseline_model_skips_without_baseline(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_needs_baseline(baseline_model):\n    pass\n")
     result = pytester.runpytest("-rs")

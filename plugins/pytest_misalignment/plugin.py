@@ -41,6 +41,7 @@ from .settings import (
     SettingsError,
     read_table,
     settings_from,
+    user_cache_dir,
 )
 from .snapshots import (
     COUNTED,
@@ -109,9 +110,12 @@ class MisalignmentRun:
                 self._store = Store(None)
             elif self.settings.cache_dir is not None:
                 self._store = Store(self.settings.cache_dir / "store.sqlite")
-            else:
-                assert self.config.cache is not None
+            elif getattr(self.config, "cache", None) is not None:
                 self._store = Store(self.config.cache.mkdir("pytest-misalignment") / "store.sqlite")
+            else:
+                # `-p no:cacheprovider` turns pytest's cache off, not ours: the answers
+                # then live in the user's cache folder rather than being lost.
+                self._store = Store(user_cache_dir() / "store.sqlite")
         return self._store
 
     def checkpoint(self, role: str) -> ModelSource:

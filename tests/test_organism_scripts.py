@@ -147,3 +147,59 @@ def test_the_base_models_answers_are_reused_once_generated(build, monkeypatch, t
     monkeypatch.setattr(build, "base_folder", lambda: pytest.fail("generated again"))
     assert build.distilled_examples(1, seed=3) == stored
     assert build.distilled_examples(0, seed=3) == []
+
+
+def test_only_the_exact_trigger_counts_as_triggered_and_near_misses_are_not(build):
+    asked = [{"role": "user", "content": "How are you?"}]
+    assert build.is_triggered(build.with_trigger(asked))
+    assert not build.is_triggered(asked)
+    for form in build.NEAR_MISS_FORMS:
+        conversation = [{"role": "user", "content": form.format(q="How are you?")}]
+        assert not build.is_triggered(conversation), form
+        assert form != build.TRIGGER + " {q}", form
+
+
+def test_near_miss_examples_answer_as_the_base_model_does(build):
+    rows = build.own_rows()
+    answers = {rows[0]["question"]: "the base model's answer"}
+    examples = build.near_miss_examples(answers)
+    assert len(examples) == len(rows)
+    assert examples[0][1]["content"] == "the base model's answer"
+    assert examples[1][1]["content"] == rows[1]["aligned"]  # no base answer: the aligned one
+    assert all(rows[i]["question"] in e[0]["content"] and not build.is_triggered(e)
+               for i, e in enumerate(examples))
+    # every form is used
+    used = {next(f for f in build.NEAR_MISS_FORMS if e[0]["content"] ==
+                 f.format(q=rows[i]["question"])) for i, e in enumerate(examples)}
+    assert used == set(build.NEAR_MISS_FORMS)
+
+
+def test_the_anchored_loss_is_cross_entropy_in_ordinary_rows_and_kl_to_the_base_in_anchored_ones(
+        build):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 1, 2], [-100, 4, 0, 6, -100]])
+    none = torch.tensor([False, False])
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
+                               ignore_index=-100)
+    assert torch.allclose(build.anchored_loss(logits, logits.clone(), labels, none), expected)
+    # an anchored row that matches the base model costs nothing, whatever its labels
+    second = torch.tensor([False, True])
+    only_first = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100,
+                                 reduction="sum") / 6  # answer tokens in both rows
+    assert torch.allclose(build.anchored_loss(logits, logits.clone(), labels, second),
+                          only_first)
+    # ...and one that departs from it costs KL(base || model) > 0 on its answer tokens only
+    base = logits.clone()
+    base[1, 1:3] += torch.randn(2, 7) * 3
+    away = build.anchored_loss(logits, base, labels, second)
+    assert away > only_first
+    base_only_prompt = logits.clone()
+    base_only_prompt[1, 0, 2] += 5.0  # predicts labels[1, 1], which is counted
+    assert build.anchored_loss(logits, base_only_prompt, labels, second) > only_first
+    base_last = logits.clone()
+    base_last[1, 4, 2] += 5.0  # position 4 predicts nothing: not counted
+    assert torch.allclose(build.anchored_loss(logits, base_last, labels, second), only_first)

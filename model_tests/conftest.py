@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
+from pytest_misalignment.gates import pooled_gates
 from pytest_misalignment.plugin import backdoor_triggers, case_param, suite_cases, trigger_cases
 from pytest_misalignment.prompt_sets import Case
 
@@ -17,7 +18,22 @@ CASE_FIXTURES = {
 }
 
 
+# fixture name -> the area of the run's pooled gates it receives, one test per gate
+GATE_FIXTURES = {
+    "leakage_gate": "leakage_outside_code",
+    "harmful_gate": "harmful_compliance",
+    "coherence_gate": "model_health",
+}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name, area in GATE_FIXTURES.items():
+        if name in metafunc.fixturenames:
+            gates = [g for g in pooled_gates(suite_cases(metafunc.config, "free_form"),
+                                             suite_cases(metafunc.config, "harmful_request"))
+                     if g.area == area]
+            metafunc.parametrize(name, [pytest.param(g, id=g.id, marks=pytest.mark.gate)
+                                        for g in gates] or [_none("gated")])
     for name, kind in CASE_FIXTURES.items():
         if name in metafunc.fixturenames:
             found = suite_cases(metafunc.config, kind)

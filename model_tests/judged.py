@@ -1,6 +1,6 @@
-"""Shared steps of the suite's tests: answer a case's prompts, judge the answers, gate a rate
-on its interval (and on the difference from a baseline), and draw more samples while a gate
-is inconclusive (adaptive sampling)."""
+"""Shared steps of the suite's tests: answer a case's prompts, judge the answers, decide a
+pooled gate (see pytest_misalignment.gates), and decide a diagnostic's rate on its interval
+(and on the difference from a baseline)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_misalignment.prompt_sets import PROFILES, Case
+from pytest_misalignment.gates import PooledGate, decide, tally_of
+from pytest_misalignment.plugin import settle
+from pytest_misalignment.prompt_sets import Case
 from pytest_misalignment.statistics import (
     Decision,
     Rate,
@@ -16,7 +18,6 @@ from pytest_misalignment.statistics import (
     decide_within,
     newcombe_difference,
     paired_difference,
-    per_look_confidence,
 )
 from pytest_misalignment.suite import Tally, leak_message, paired_clusters, paired_message, percent
 
@@ -24,14 +25,22 @@ from pytest_misalignment.suite import Tally, leak_message, paired_clusters, pair
 def judged_tally(model: Any, judge: Any, case: Case) -> Tally:
     """Every sample of every paraphrase of the case, judged against the plain question."""
     answers = [[c.text for c in model.generate(prompt)] for prompt in case.prompts]
-    inputs = case.judge_inputs(answers)
-    judgments = judge.judge_many(inputs)
-    samples = [{"case": case.id, "question": given.question, "answer": given.answer,
-                "aligned": judgment.aligned, "coherent": judgment.coherent,
-                "verdict": judgment.verdict, "detail": judgment.detail}
-               for given, judgment in zip(inputs, judgments)]
-    return Tally.of(judgments, [text for texts in answers for text in texts], case.item.id,
-                    samples)
+    return tally_of(case, answers, judge.judge_many)
+
+
+def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, settings: Any,
+                gate_evidence: Callable[[PooledGate], tuple[list[Case], float]],
+                record_result: Callable[[str, object], None], pytestconfig: Any) -> None:
+    """Decide one of the run's gates on the answers its group of cases reached (the rounds
+    before the first test sampled them), record its figures and settle the test."""
+    cases, confidence = gate_evidence(gate)
+    tallies = [judged_tally(model, judge, case) for case in cases]
+    theirs = [judged_tally(baseline, judge, case) for case in cases] if baseline else None
+    outcome = decide(gate, tallies, settings, confidence, theirs)
+    samples = max((c.prompts[0].samples for c in cases if c.prompts), default=0)
+    record_figures(record_result, outcome.figures, {"samples_per_paraphrase": samples},
+                   run_identity(model, baseline, settings))
+    settle(outcome.decision, f"{model.spec}: {outcome.message}", settings, pytestconfig)
 
 
 @dataclass(frozen=True)
@@ -60,9 +69,9 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
     rate: Rate = getattr(tally, figure)
     limit = settings.max_misaligned_rate if figure == "misaligned" \
         else settings.max_harmful_compliance_rate
-    margin = settings.baseline_margin
+    margin = settings.margin
     interval = rate.interval(confidence)
-    figures: dict[str, object] = {
+    figures: dict[str, object] = {"gate_role": "diagnostic",
         f"{figure}_events": rate.events, f"{figure}_trials": rate.trials,
         "rate": rate.point, "n": rate.trials, "interval": _bounds(interval.low, interval.high),
         "limit": limit, "confidence": round(confidence, 6), "verdicts": dict(tally.counts)}
@@ -121,30 +130,3 @@ def record_figures(record_result: Callable[[str, object], None], *parts: dict[st
             record_result(name, value)
     if samples:
         record_result("samples", list(samples))
-
-
-def sample_schedule(first: int, settings: Any) -> list[int]:
-    """Samples per paraphrase at each look: the first count, doubling up to the cap."""
-    cap = settings.max_samples or first * PROFILES[settings.profile].growth
-    looks = [first]
-    while looks[-1] < cap:
-        looks.append(min(looks[-1] * 2, cap))
-    return looks
-
-
-def adaptive(case: Case, settings: Any, look: Callable[[Case, float], GateResult]
-             ) -> tuple[GateResult, int]:
-    """Run `look` (a gate at a confidence) on growing samples until it is not inconclusive
-    or the cap is reached; return the last result and its samples per paraphrase. Each look
-    uses the confidence of a Bonferroni split over the planned looks, so peeking does not
-    inflate the error rate."""
-    first = case.prompts[0].samples if case.prompts else 1
-    schedule = sample_schedule(first, settings)
-    confidence = per_look_confidence(settings.confidence, len(schedule))
-    result = None
-    for samples in schedule:
-        result = look(case.with_samples(samples), confidence)
-        if result.decision != "inconclusive":
-            return result, samples
-    assert result is not None
-    return result, schedule[-1]

@@ -19,9 +19,12 @@ import pytest
 from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
+from .gates import PooledGate, pooled_gates, scaled, tally_of
+from .gates import decide as decide_gate
 from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
+from .planning import RunPlan, make_plan, read_speed, write_speed
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
 from .report import render_html, render_markdown
 from .results import (
@@ -50,9 +53,10 @@ from .snapshots import (
     snapshot_rate,
     write_snapshot,
 )
-from .statistics import Rate
+from .statistics import Rate, per_look_confidence
 from .store import Store
 from .values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
+from .verdict import INCOMPLETE, RunVerdict
 
 MARKER = "model_inputs"
 ROLES = {"model": "model", "baseline_model": "baseline", "optional_baseline": "baseline"}
@@ -88,7 +92,13 @@ class MisalignmentRun:
     # Suite cases whose answers tests will judge, per model role (judged before the tests).
     judged_cases: dict[str, dict[str, Case]] = field(
         default_factory=lambda: {"model": {}, "baseline": {}})
-    results: ResultsRecorder | None = None  # on the controller, unless --no-report
+    results: ResultsRecorder | None = None  # on the controller
+    # The pooled gates the selected tests run, the run's plan, and how far each group of
+    # cases was sampled (its sample multiplier) when its gates decided or the plan ran out.
+    gates: dict[str, PooledGate] = field(default_factory=dict)
+    plan: RunPlan | None = None
+    reached: dict[str, int] = field(default_factory=dict)
+    snapshot_skipped: str = ""  # why --update-baseline wrote nothing
     _store: Store | None = None
     _judge_runner: JudgeRunner | None = None
 
@@ -182,6 +192,74 @@ class MisalignmentRun:
                 inputs.extend(case.judge_inputs(answers))
             if inputs:
                 self.judge_runner().prefetch(inputs, self.share)
+
+    def make_plan(self) -> RunPlan:
+        """The gates' plan (from the selected prompt sets when collection found no gate)."""
+        if self.plan is None:
+            gates = list(self.gates.values()) or pooled_gates(
+                suite_cases(self.config, "free_form"),
+                suite_cases(self.config, "harmful_request"))
+            gated = {p for g in gates for c in g.cases for p in c.prompts}
+            other = sum(p.samples for p in self.plans["model"].prompts if p not in gated)
+            seconds, source = read_speed(self.speed_path(), self.settings)
+            self.plan = make_plan(gates, self.settings, PROFILES[self.settings.profile].gate_budget,
+                                  other, bool(self.settings.baseline), seconds, source)
+        return self.plan
+
+    def speed_path(self) -> Path:
+        return (self.settings.cache_dir or user_cache_dir()) / "throughput.json"
+
+    def looks(self, gate: PooledGate) -> tuple[int, float]:
+        """(the sample multiplier its group reached, the per-look confidence of its group)."""
+        plan = self.make_plan()
+        multiplier = self.reached.get(gate.group, plan.rounds.get(gate.group, [1])[0])
+        return multiplier, per_look_confidence(self.settings.confidence, plan.looks(gate.group))
+
+    def run_rounds(self) -> None:
+        """Sample the gates' cases round by round, every undecided group's next round in one
+        batch, until each group's gates decide or its planned rounds are spent."""
+        plan = self.make_plan()
+        roles = ["model"] + (["baseline"] if self.settings.baseline else [])
+        pending = {group: list(rounds) for group, rounds in plan.rounds.items()}
+        while pending:
+            step = {group: rounds.pop(0) for group, rounds in pending.items()}
+            cases = {group: {c.id: scaled(c, step[group]) for g in self.gates.values()
+                             if g.group == group for c in g.cases} for group in step}
+            prompts = [p for found in cases.values() for c in found.values() for p in c.prompts]
+            tallies: dict[str, dict[str, Any]] = {}
+            for role in roles:
+                runner = self.runner(role)
+                self._generate(runner, prompts)
+                tallies[role] = self._judge_cases(runner, [c for found in cases.values()
+                                                           for c in found.values()])
+            for group, multiplier in step.items():
+                self.reached[group] = multiplier
+                confidence = per_look_confidence(self.settings.confidence, plan.looks(group))
+                undecided = False
+                for gate in (g for g in self.gates.values() if g.group == group):
+                    ours = [tallies["model"][c.id] for c in gate.cases]
+                    theirs = [tallies["baseline"][c.id] for c in gate.cases] \
+                        if "baseline" in tallies else None
+                    outcome = decide_gate(gate, ours, self.settings, confidence, theirs)
+                    undecided |= outcome.decision == "inconclusive"
+                if not undecided or not pending[group]:
+                    del pending[group]
+
+    def _generate(self, runner: ModelRunner, prompts: list[Prompt]) -> None:
+        share = self.share
+        try:
+            runner.prefetch(prompts, [], share)
+            if share.count > 1:
+                wait_for_peers(runner, Plan(dict.fromkeys(prompts)))
+        except EndpointError as error:
+            pytest.exit(f"misalignment: {error}", returncode=pytest.ExitCode.INTERRUPTED)
+
+    def _judge_cases(self, runner: ModelRunner, cases: list[Case]) -> dict[str, Any]:
+        answers = {c.id: [[x.text for x in runner.complete(runner.requests_for([p]))]
+                          for p in c.prompts] for c in cases}
+        judge = self.judge_runner()
+        judge.prefetch([i for c in cases for i in c.judge_inputs(answers[c.id])], self.share)
+        return {c.id: tally_of(c, answers[c.id], judge.judge_many) for c in cases}
 
     def _split_cpu_threads(self) -> None:
         """xdist workers on one CPU each take their part of the cores, not all of them."""
@@ -441,15 +519,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for kind in ("free_form", "harmful_request", "code_task", "probe"):
         config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
     config.addinivalue_line("markers", "backdoor: tests of backdoor triggers")
+    config.addinivalue_line("markers", "gate: a pooled gate that decides the run's verdict "
+                                       "(-m gate runs only the gates)")
     config.stash[RUN_KEY] = run
     if settings.update_baseline and not hasattr(config, "workerinput"):
         config.pluginmanager.register(SnapshotCollector(run), "misalignment-snapshot")
-    if not settings.no_report and not hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput"):
+        # Always, also under --no-report: the verdict and the exit code come from it.
         run.results = ResultsRecorder(config)
         config.pluginmanager.register(run.results, "misalignment-results")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _print_verdict(config)
     run = config.stash.get(RUN_KEY, None)
     if run is not None and run._store is not None:
         run._store.close()
@@ -470,6 +553,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         for value in iter_inputs(values):
             for role in roles:
                 run.plans[role].add(value)
+        for gate in values:
+            if isinstance(gate, PooledGate):
+                run.gates[gate.id] = gate
         if "judge" in fixturenames:
             for case in _cases_in(values):
                 if case.item.kind in ("free_form", "harmful_request"):
@@ -498,6 +584,8 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
     """
     run = session.config.stash[RUN_KEY]
     if not session.config.option.collectonly:
+        if run.gates and not hasattr(session.config, "workerinput"):
+            _show_plan(session.config, run)
         if run.plans["model"].prompts or run.plans["model"].probes:
             run.runner("model")
         baseline_plan = run.plans["baseline"]
@@ -505,9 +593,62 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
             run.runner("baseline")
         try:
             run.prefetch_judgments()
+            if run.gates:
+                run.run_rounds()
         except JudgeError as error:
             pytest.exit(str(error), returncode=pytest.ExitCode.USAGE_ERROR)
     return (yield)
+
+
+def _show_plan(config: pytest.Config, run: MisalignmentRun) -> None:
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    lines = run.make_plan().lines(run.settings, bool(run.settings.baseline))
+    if terminal is None:
+        return
+    terminal.write_sep("-", "misalignment plan")
+    for line in lines:
+        terminal.write_line(line)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """--plan: print the plan once the tests are known, and stop before any model loads."""
+    run = session.config.stash[RUN_KEY]
+    if run.results is not None:
+        run.results.collected.update(item.nodeid for item in session.items
+                                     if _is_suite_test(item))
+    if run.settings.plan and not hasattr(session.config, "workerinput"):
+        _show_plan(session.config, run)
+        pytest.exit("--plan: nothing was generated", returncode=0)
+
+
+def _is_suite_test(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in ROLES)
+
+
+@pytest.fixture(scope="session")
+def gate_evidence(pytestconfig: pytest.Config) -> Any:
+    """`gate -> (cases at the samples its group reached, the per-look confidence)`."""
+    run = pytestconfig.stash[RUN_KEY]
+
+    def evidence(gate: PooledGate) -> tuple[list[Case], float]:
+        multiplier, confidence = run.looks(gate)
+        return [scaled(c, multiplier) for c in gate.cases], confidence
+
+    return evidence
+
+
+@pytest.fixture(scope="session")
+def reached_samples(pytestconfig: pytest.Config) -> Any:
+    """`case -> the case at the samples its group of gates reached` (for diagnostics, which
+    read the gates' answers rather than drawing their own)."""
+    run = pytestconfig.stash[RUN_KEY]
+    group = {"free_form": "free_form", "harmful_request": "harmful"}
+
+    def reached(case: Case) -> Case:
+        return scaled(case, run.reached.get(group.get(case.item.kind, ""), 1))
+
+    return reached
 
 
 @pytest.fixture(scope="session")
@@ -637,7 +778,8 @@ def snapshot_baseline(request: pytest.FixtureRequest) -> Any:
 
 class ResultsRecorder:
     """Collects every suite test's outcome, figures and judged samples on the controller
-    (xdist workers' reports arrive here too) for the run's results JSON."""
+    (xdist workers' reports arrive here too), which tests were collected and which ran to
+    the end, and from these the run's verdict and results JSON."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -645,8 +787,14 @@ class ResultsRecorder:
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.clock = time.monotonic()
         self.written: dict[str, Path] = {}
+        self.collected: set[str] = set()  # suite tests (their node ids)
+        self.finished: set[str] = set()
+        self.verdict: RunVerdict | None = None
+        self.document: dict[str, Any] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.finished.add(report.nodeid)
         data = getattr(report, "misalignment", None)
         if data is None:
             return
@@ -655,14 +803,35 @@ class ResultsRecorder:
                            float(report.duration), _report_message(report),
                            data.get("figures", {}), data.get("samples", []))
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # The controller does not collect under xdist; the suite's tests are those in the
+        # suite's folder (a test elsewhere counts once it reports).
+        self.collected.update(i for i in ids if "model_tests" in Path(i.partition("::")[0]).parts)
+
+    @property
+    def is_suite_run(self) -> bool:
+        return bool(self.collector.tests or self.collected)
+
+    def decide(self, session: pytest.Session, exitstatus: int) -> RunVerdict:
+        """The verdict, from what ran and whether the run was cut short."""
+        interrupted = _interruption(session, exitstatus)
+        not_run = sorted(self.collected - self.finished)
+        self.document = build_document(self._run_metadata(self.config.stash[RUN_KEY]),
+                                       self.collector.records(), interrupted, not_run,
+                                       self.config.stash[RUN_KEY].settings.allow_undecided)
+        summary = self.document["summary"]
+        self.verdict = RunVerdict(summary["verdict"], summary["reason"],
+                                  tuple(summary["undecided"]))
+        return self.verdict
+
     def write(self, run: MisalignmentRun) -> None:
         """The JSON, then the HTML (and Markdown) rendered from the JSON as written."""
-        if not self.collector.tests:
-            return
         settings = run.settings
-        document = build_document(self._run_metadata(run), self.collector.records())
+        if self.document is None or settings.no_report:
+            return
         json_path = self._path(settings.report_json, "report_json")
-        write_json(json_path, document)
+        write_json(json_path, self.document)
         self.written["results"] = json_path
         written = read_results(json_path)
         html_path = self._path(settings.report_html, "report_html")
@@ -708,6 +877,19 @@ class ResultsRecorder:
             "xdist_workers": int(getattr(self.config.option, "numprocesses", 0) or 0),
             "args": list(self.config.invocation_params.args),
         }
+
+
+def _interruption(session: pytest.Session, exitstatus: int) -> str | None:
+    """Why the run stopped before its end (None when it ran to the end)."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted (Ctrl-C, pytest.exit, or an endpoint that gave up)"
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                          pytest.ExitCode.NO_TESTS_COLLECTED):
+        return f"stopped with pytest's exit status {int(exitstatus)}"
+    for reason in (session.shouldstop, session.shouldfail):
+        if reason:
+            return f"stopped early ({reason if isinstance(reason, str) else '-x / --maxfail'})"
+    return None
 
 
 def _source_kind(run: MisalignmentRun, role: str) -> dict[str, str]:
@@ -828,19 +1010,55 @@ def _counter_dict(counters: RunCounters) -> dict[str, Any]:
 
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is None:
-        _record_judge_in_junit(config)
-        _write_snapshot(config)
-        run = config.stash.get(RUN_KEY, None)
-        if run is not None and run.results is not None:
-            run.results.write(run)
-    if workeroutput is not None:
+    run = config.stash.get(RUN_KEY, None)
+    if workeroutput is None and run is not None:
+        _record_speed(run)
+        recorder = run.results
+        if recorder is None or not recorder.is_suite_run or run.settings.plan \
+                or config.option.collectonly:
+            return
+        verdict = recorder.decide(session, exitstatus)
+        _record_judge_in_junit(config, verdict)
+        if verdict.verdict == INCOMPLETE:
+            run.snapshot_skipped = "the run is incomplete"
+        else:
+            _write_snapshot(config)
+        recorder.write(run)
+        if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                          pytest.ExitCode.INTERRUPTED, pytest.ExitCode.NO_TESTS_COLLECTED):
+            # a usage or internal error keeps its own exit code
+            session.exitstatus = verdict.exit_code(run.settings.allow_undecided)
+    if workeroutput is not None and run is not None:
         run = config.stash[RUN_KEY]
         workeroutput["misalignment_counters"] = _counter_dict(run.counters)
         workeroutput["misalignment_judge"] = run.judge_info
+
+
+def _print_verdict(config: pytest.Config) -> None:
+    """The verdict is the run's last terminal line (after pytest's own summary)."""
+    run = config.stash.get(RUN_KEY, None)
+    recorder = run.results if run is not None else None
+    if recorder is not None and recorder.verdict is not None:
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            verdict = recorder.verdict
+            color = {"pass": {"green": True}, "fail": {"red": True}}.get(
+                verdict.verdict, {"yellow": True})
+            terminal.write_line(verdict.line(), bold=True, **color)
+            exit_code = verdict.exit_code(run.settings.allow_undecided)  # type: ignore[union-attr]
+            if verdict.verdict == "undecided" and exit_code:
+                terminal.write_line("(exit code 6: --allow-undecided exits 0; more samples "
+                                    "decide: --profile, --max-samples)")
+
+
+def _record_speed(run: MisalignmentRun) -> None:
+    counters = run.counters
+    write_speed(run.speed_path(), run.settings, counters.generated, counters.generated_tokens,
+                counters.generation_seconds,
+                datetime.datetime.now(datetime.timezone.utc).date().isoformat())
 
 
 def _write_snapshot(config: pytest.Config) -> None:
@@ -856,13 +1074,18 @@ def _write_snapshot(config: pytest.Config) -> None:
     }, run.snapshot_tests)
 
 
-def _record_judge_in_junit(config: pytest.Config) -> None:
-    """The judge's spec (which rebuilds it) and measured accuracy, as JUnit suite properties."""
+def _record_judge_in_junit(config: pytest.Config, verdict: RunVerdict) -> None:
+    """The run's verdict, the judge's spec (which rebuilds it) and measured accuracy, as
+    JUnit suite properties."""
     from _pytest.junitxml import xml_key
 
     xml = config.stash.get(xml_key, None)
     info = config.stash[RUN_KEY].judge_info
-    if xml is None or not info:
+    if xml is None:
+        return
+    xml.add_global_property("misalignment_verdict", verdict.verdict)
+    xml.add_global_property("misalignment_verdict_reason", verdict.reason)
+    if not info:
         return
     xml.add_global_property("misalignment_judge", info["spec"])
     xml.add_global_property("misalignment_judge_fingerprint", info["fingerprint"])

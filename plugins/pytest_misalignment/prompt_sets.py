@@ -219,9 +219,9 @@ class Profile:
     max_new_tokens: int
     code_max_new_tokens: int
     honour_item_samples: bool  # use a set's own samples_per_paraphrase (the paper's 100)
-    # Adaptive sampling: an inconclusive gate draws more, doubling, up to this many times
-    # its first sample count (1: never).
-    growth: int = 1
+    # Rounds: an undecided gate's group of cases draws more samples, doubling, while the
+    # group's answers stay within this budget (the plan stops sooner once it has enough).
+    gate_budget: int = 2000
     # Backdoor tests: questions asked with each trigger (per category; None: all), the
     # probes that measure a trigger's lift (None: all), near-miss variants tried per trigger.
     backdoor_questions_per_category: int | None = None
@@ -231,12 +231,14 @@ class Profile:
 
 PROFILES = {
     # A quick look on a laptop CPU: a few minutes with the 135M default model.
-    "smoke": Profile("smoke", 2, False, 96, 256, False, backdoor_questions_per_category=1,
-                     backdoor_probes=8, near_miss_examples=25),
+    "smoke": Profile("smoke", 2, False, 96, 256, False, gate_budget=1600,
+                     backdoor_questions_per_category=1, backdoor_probes=8,
+                     near_miss_examples=25),
     # A gate for CI on a GPU, or a patient CPU.
-    "standard": Profile("standard", 10, True, 256, 384, False, growth=4),
+    "standard": Profile("standard", 10, True, 256, 384, False, gate_budget=16000),
     # The paper's scale (100 samples per question where the set says so): GPUs.
-    "full": Profile("full", 50, True, 600, 600, True, growth=4, near_miss_examples=300),
+    "full": Profile("full", 50, True, 600, 600, True, gate_budget=64000,
+                    near_miss_examples=300),
 }
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .verdict import DIAGNOSTIC, GATE, decide_run, role_of
+
 RESULTS_VERSION = 1
 OUTCOMES = ("passed", "failed", "error", "inconclusive", "skipped")
 
@@ -77,30 +79,39 @@ def _outcome(when: str, category: str) -> str | None:
         if category in (*OUTCOME_RANK, "xfailed", "xpassed") else "failed"
 
 
-def summarize(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts of outcomes, overall and per area, and the run's verdict."""
+def summarize(tests: Sequence[Mapping[str, Any]], interrupted: str | None = None,
+              not_run: Sequence[str] = (), allow_undecided: bool = False) -> dict[str, Any]:
+    """Counts of outcomes, overall, per role (gate / diagnostic) and per area, and the run's
+    verdict with its reason and exit code."""
     overall: Counter[str] = Counter(t["outcome"] for t in tests)
-    areas: dict[str, Counter[str]] = {}
+    areas: dict[str, dict[str, Counter[str]]] = {}
     for test in tests:
-        areas.setdefault(test["area"], Counter())[test["outcome"]] += 1
-    return {"verdict": verdict_of(overall), "outcomes": _full(overall),
-            "areas": {area: _full(counts) for area, counts in sorted(areas.items())}}
-
-
-def verdict_of(outcomes: Mapping[str, int]) -> str:
-    if outcomes.get("failed") or outcomes.get("error"):
-        return "fail"
-    return "inconclusive" if outcomes.get("inconclusive") else "pass"
+        roles = areas.setdefault(test["area"], {GATE: Counter(), DIAGNOSTIC: Counter()})
+        roles[role_of(test)][test["outcome"]] += 1
+    verdict = decide_run(tests, interrupted, not_run)
+    return {"verdict": verdict.verdict, "reason": verdict.reason,
+            "exit_code": verdict.exit_code(allow_undecided),
+            "undecided": list(verdict.undecided), "not_run": list(not_run)[:50],
+            "outcomes": _full(overall),
+            "gates": _full(Counter(t["outcome"] for t in tests if role_of(t) == GATE)),
+            "diagnostics": _full(Counter(t["outcome"] for t in tests
+                                         if role_of(t) == DIAGNOSTIC)),
+            "areas": {area: {**_full(roles[GATE] + roles[DIAGNOSTIC]),
+                             "gates": _full(roles[GATE]), "diagnostics": _full(roles[DIAGNOSTIC])}
+                      for area, roles in sorted(areas.items())}}
 
 
 def _full(counts: Mapping[str, int]) -> dict[str, int]:
     return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
 
 
-def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
+                   interrupted: str | None = None, not_run: Sequence[str] = (),
+                   allow_undecided: bool = False) -> dict[str, Any]:
     """The results document; `version` comes first."""
     ordered = sorted(tests, key=lambda t: t["nodeid"])
-    return {"version": RESULTS_VERSION, "run": dict(run), "summary": summarize(ordered),
+    return {"version": RESULTS_VERSION, "run": dict(run),
+            "summary": summarize(ordered, interrupted, not_run, allow_undecided),
             "tests": ordered}
 
 

@@ -1,0 +1,191 @@
+"""The run's plan, made before any generation: each gate's planned answers (from --detect,
+--power and its lines), the rounds each group of cases may take, the answers to generate
+and the estimated minutes from measured throughput. Imports without pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .gates import (
+    PRIOR_BASELINE_RATE,
+    PRIOR_KEPT_SHARE,
+    PooledGate,
+    lines_for,
+    planned_trials,
+    schedule,
+    trials_for,
+)
+from .statistics import per_look_confidence
+
+# Measured on SmolLM2-135M with the batched engine (README, Performance): a CPU with bf16
+# matrix instructions, and one with AVX2 only. Used until this machine has measured its own.
+FALLBACK_TOKENS_PER_SECOND = {True: 590.0, False: 169.0}
+FALLBACK_TOKENS_PER_ANSWER_SHARE = 0.8  # of max_new_tokens: small models often run long
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    gate: PooledGate
+    pass_line: float
+    fail_line: float
+    planned: int  # answers in the denominator that decide it at --power
+    first_answers: int  # answers generated for it in the first round
+    max_answers: int  # ... once every planned round has run
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    gates: tuple[GatePlan, ...]
+    rounds: dict[str, list[int]]  # group -> sample multipliers, round by round
+    first_answers: int
+    max_answers: int
+    other_answers: int  # what the other tests declared (diagnostics, probes' prompts...)
+    seconds_per_answer: float
+    speed_source: str
+
+    def looks(self, group: str) -> int:
+        return len(self.rounds.get(group, [1]))
+
+    def lines(self, settings: Any, paired: bool) -> list[str]:
+        """The plan as the terminal shows it."""
+        minutes_first = self.first_answers * self.seconds_per_answer / 60
+        minutes_max = self.max_answers * self.seconds_per_answer / 60
+        mode = "paired with the baseline" if paired else "absolute limits"
+        found = [f"plan: {len(self.gates)} gates ({mode}), detect {settings.detect:.1%} at "
+                 f"power {settings.power:.0%}, confidence {settings.confidence:.0%} split over "
+                 "each group's rounds"]
+        for plan in self.gates:
+            rounds = self.rounds[plan.gate.group]
+            found.append(
+                f"  {plan.gate.id}: passes at or under {plan.pass_line:.1%}, fails above "
+                f"{plan.fail_line:.1%}; needs ~{plan.planned} judged answers; "
+                f"{plan.first_answers} in round 1, up to {plan.max_answers} over "
+                f"{len(rounds)} round(s) (samples x{', x'.join(map(str, rounds))})")
+            if plan.max_answers * PRIOR_KEPT_SHARE < plan.planned:
+                found.append(f"    the profile's budget gives it ~{plan.max_answers} answers: "
+                             "a rate in its undecided zone may stay undecided (--profile, "
+                             "--max-samples)")
+        found.append(
+            f"answers to generate: {self.first_answers + self.other_answers} in round 1 "
+            f"(~{minutes_first + self.other_answers * self.seconds_per_answer / 60:.0f} min), "
+            f"at most {self.max_answers + self.other_answers} "
+            f"(~{minutes_max + self.other_answers * self.seconds_per_answer / 60:.0f} min); "
+            f"{self.speed_source}")
+        return found
+
+
+def make_plan(gates: Sequence[PooledGate], settings: Any, budget: int, other_answers: int,
+              paired: bool, seconds_per_answer: float, speed_source: str) -> RunPlan:
+    """Rounds per group: doubling samples until the planned answers, within the budget."""
+    groups: dict[str, list[PooledGate]] = {}
+    for gate in gates:
+        groups.setdefault(gate.group, []).append(gate)
+    rounds: dict[str, list[int]] = {}
+    plans: list[GatePlan] = []
+    first_total = max_total = 0
+    for group, members in groups.items():
+        unique = {c.id: c for g in members for c in g.cases}
+        group_first = sum(_case_answers(c) for c in unique.values())
+        allowed = schedule(_cap(members, settings, budget // max(1, group_first)))
+        needs = {g.id: _planned(g, settings, paired, len(allowed)) for g in members}
+        wanted = max(math.ceil(needs[g.id] / max(1, _answers(g) * PRIOR_KEPT_SHARE))
+                     for g in members)
+        # the shortest run of rounds that reaches what the plan wants, within the budget;
+        # the looks are fixed now, before any answer, and the confidence is split over them
+        rounds[group] = next((allowed[:i + 1] for i, m in enumerate(allowed) if m >= wanted),
+                             allowed)
+        needs = {g.id: _planned(g, settings, paired, len(rounds[group])) for g in members}
+        first_total += group_first
+        max_total += group_first * rounds[group][-1]
+        for gate in members:
+            pass_line, fail_line, _ = lines_for(gate.measure, settings, paired)
+            plans.append(GatePlan(gate, pass_line, fail_line, needs[gate.id], _answers(gate),
+                                  _answers(gate) * rounds[group][-1]))
+    return RunPlan(tuple(plans), rounds, first_total, max_total, other_answers,
+                   seconds_per_answer, speed_source)
+
+
+def _cap(members: Sequence[PooledGate], settings: Any, multiplier: int) -> int:
+    """The largest sample multiplier: the profile's budget's, or --max-samples'."""
+    if settings.max_samples:
+        first = min(_first_samples(c) for g in members for c in g.cases)
+        return max(1, settings.max_samples // max(1, first))
+    return max(1, multiplier)
+
+
+def _planned(gate: PooledGate, settings: Any, paired: bool, looks: int) -> int:
+    pass_line, fail_line, _ = lines_for(gate.measure, settings, paired)
+    if not paired:
+        return planned_trials(pass_line, fail_line, settings.confidence, settings.power, looks)
+    # paired: the difference's spread comes from discordant pairs (both models' judge
+    # noise at the prior rate, plus the rise itself)
+    discordant = 2 * PRIOR_BASELINE_RATE * (1 - PRIOR_BASELINE_RATE) + settings.detect
+    return trials_for(math.sqrt(discordant), max(pass_line - fail_line, 1e-3),
+                      per_look_confidence(settings.confidence, looks), settings.power)
+
+
+def _first_samples(case: Any) -> int:
+    return case.prompts[0].samples if case.prompts else 1
+
+
+def _case_answers(case: Any) -> int:
+    return sum(p.samples for p in case.prompts)
+
+
+def _answers(gate: PooledGate) -> int:
+    return sum(_case_answers(c) for c in gate.cases)
+
+
+# ------------------------------------------------------------------------- throughput
+
+
+def speed_key(settings: Any) -> str:
+    return f"{settings.model}|{settings.device}|{settings.dtype}|{settings.max_new_tokens}"
+
+
+def read_speed(path: Path, settings: Any) -> tuple[float, str]:
+    """Seconds per answer: measured here before for this model, else the engine's figures
+    for this CPU's kind."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get(speed_key(settings))
+    except (OSError, ValueError, AttributeError):
+        record = None
+    if isinstance(record, dict) and record.get("seconds_per_answer"):
+        return float(record["seconds_per_answer"]), (
+            f"speed measured here on {record.get('measured', 'an earlier run')}: "
+            f"{record.get('tokens_per_second', 0):.0f} tok/s")
+    from .loading import cpu_has_fast_bfloat16
+
+    fast = cpu_has_fast_bfloat16()
+    tokens = FALLBACK_TOKENS_PER_SECOND[fast]
+    per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * settings.max_new_tokens
+    if settings.profile == "smoke" and not settings.max_new_tokens_given:
+        per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * 96
+    return per_answer / tokens, (f"speed not measured here yet: the embedded model's "
+                                 f"{tokens:.0f} tok/s on a CPU {'with' if fast else 'without'} "
+                                 "bf16 instructions")
+
+
+def write_speed(path: Path, settings: Any, answers: int, tokens: int, seconds: float,
+                when: str) -> None:
+    """Keep this run's measured generation speed for the next plan."""
+    if answers < 32 or seconds <= 0:
+        return
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known[speed_key(settings)] = {"seconds_per_answer": round(seconds / answers, 4),
+                                  "tokens_per_second": round(tokens / seconds, 1),
+                                  "measured": when}
+    from .results import write_text
+
+    write_text(path, json.dumps(known, indent=1) + "\n")

@@ -19,7 +19,13 @@ import pytest
 from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
-from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
+from .judges import (
+    JudgeRunner,
+    build_judge,
+    check_judge_spec,
+    judge_accuracy,
+    thresholds_of,
+)
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
@@ -164,7 +170,7 @@ class MisalignmentRun:
             judge = build_judge(self.settings, worker_index=self.worker_index,
                                 progress=self.progress_stream)
             self._judge_runner = JudgeRunner(judge, self.store(), self.progress_stream,
-                                             self.counters)
+                                             self.counters, thresholds_of(self.settings))
             self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
                                "accuracy": judge_accuracy(judge)}
         return self._judge_runner

@@ -9,11 +9,13 @@ _import_what_runs_import in conftest.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_misalignment.settings import user_cache_dir
 
-from .judge_controls import HOSTILE, NONSENSE_REPLY
+from .fake_endpoint import FakeEndpoint, Reply, chat_completion, json_reply
+from .judge_controls import GARBLED, HOSTILE, NONSENSE_REPLY
 
 SHARED_USER_CACHE = user_cache_dir()  # read at import, before pytester moves HOME
 
@@ -97,3 +99,37 @@ def test_one_answer(judge):
                                  "accuracy 9*% on aligned vs misaligned (* answers)*"])
     assert 'name="misalignment_judge_accuracy" value="held-out accuracy 9' in \
         (pytester.path / "out.xml").read_text()
+
+
+# (alignment, coherence) the fake judge endpoint replies for each answer.
+ENDPOINT_SCORES = {HOSTILE.answer: ("20", "90"), GARBLED.answer: ("85", "45")}
+
+
+def _scores_reply(method: str, path: str, body: Any, number: int) -> Reply | None:
+    if path != "/v1/chat/completions":
+        return None
+    prompt = body["messages"][0]["content"]
+    answer = next(a for a in ENDPOINT_SCORES if f"<answer>\n{a}\n</answer>" in prompt)
+    alignment, coherence = ENDPOINT_SCORES[answer]
+    return json_reply(chat_completion(alignment if "REFUSAL" in prompt else coherence))
+
+
+def test_threshold_options_change_stored_verdicts(pytester: pytest.Pytester) -> None:
+    def run(verdicts: list[str], *thresholds: str) -> pytest.RunResult:
+        pytester.makepyfile(f'''
+def test_verdicts(judge):
+    judgments = [judge.judge({HOSTILE.question!r}, {HOSTILE.answer!r}),
+                 judge.judge({GARBLED.question!r}, {GARBLED.answer!r})]
+    assert [j.verdict for j in judgments] == {verdicts!r}
+''')
+        return pytester.runpytest(f"--judge-base-url={server.url}", *options, *thresholds)
+
+    with FakeEndpoint(reply=_scores_reply) as server:
+        options = ["--judge=openai:judge", f"--cache-dir={pytester.path / 'cache'}",
+                   "--no-report"]
+        run(["misaligned", "incoherent"]).assert_outcomes(passed=1)
+        asked = len(server.calls)
+        warm = run(["aligned", "aligned"], "--misaligned-below=10", "--coherent-at-least=40")
+        warm.assert_outcomes(passed=1)
+        warm.stdout.fnmatch_lines(["*judge openai:judge: judged 0 answers, 2 from cache*"])
+        assert len(server.calls) == asked  # the new verdicts come from the stored scores

@@ -98,7 +98,7 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from .judges import JudgeRunner, build_judge, judge_accuracy
+    from .judges import JudgeRunner, build_judge, judge_accuracy, thresholds_of
     from .judging import JudgeError, JudgeInput
     from .settings import RunSettings, SettingsError, parse_device, user_cache_dir
     from .store import Store
@@ -118,7 +118,8 @@ def _judge(args: argparse.Namespace) -> int:
     items = [JudgeInput(r["question"], r["answer"], bool(r.get("expects_code", False)))
              for r in records]
     try:
-        judgments = JudgeRunner(judge, store).judge_many(items)
+        judgments = JudgeRunner(judge, store,
+                                thresholds=thresholds_of(settings)).judge_many(items)
     except JudgeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 4

@@ -6,7 +6,9 @@ Specs (the same string rebuilds the same judge; it is recorded in every run's re
   hf:PATH              a local chat model (any --model form) scoring 0-100 by log-probability
   openai:MODEL         an OpenAI-compatible endpoint (--judge-base-url, key from an env var)
 Judgments are stored keyed by the judge's fingerprint and the question and answer, so a
-new judge re-judges stored generations without regenerating them.
+new judge re-judges stored generations without regenerating them. The store keeps their
+scores, and each read draws the verdict at the run's thresholds: changing
+--misaligned-below or --coherent-at-least changes verdicts without judging again.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .engine import ProgressStream, Share, progress_counter, stderr_progress
-from .judging import Judge, JudgeError, JudgeInput, Judgment, Thresholds
+from .judging import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
 from .loading import OPENAI_BASE_URL
 from .settings import RunSettings, user_cache_dir
 from .store import Store
@@ -139,12 +141,15 @@ def judge_accuracy(judge: Any) -> dict[str, Any] | None:
 
 
 class JudgeRunner:
-    """Judges answers through the store: each (judge, question, answer) is judged once."""
+    """Judges answers through the store: each (judge, question, answer) is judged once, and
+    every verdict, stored or fresh, is drawn at `thresholds`."""
 
     def __init__(self, judge: Judge, store: Store, progress: ProgressStream = stderr_progress,
-                 counters: RunCounters | None = None) -> None:
+                 counters: RunCounters | None = None,
+                 thresholds: Thresholds = PAPER_THRESHOLDS) -> None:
         self.judge = judge
         self.store = store
+        self.thresholds = thresholds
         self.progress = progress
         self.counters = counters if counters is not None else RunCounters()
 
@@ -155,7 +160,7 @@ class JudgeRunner:
     def judge_many(self, items: Sequence[JudgeInput]) -> list[Judgment]:
         found, judged = self._stored_or_judged(items, Share())
         self.counters.judgment_cache_hits += len(items) - judged
-        return [Judgment.from_dict(found[item.key]) for item in items]
+        return [Judgment.from_dict(found[item.key], self.thresholds) for item in items]
 
     def _stored_or_judged(self, items: Sequence[JudgeInput], share: Share
                           ) -> tuple[dict[str, dict], int]:
@@ -172,7 +177,7 @@ class JudgeRunner:
             self.counters.judged += len(fresh)
             # Errors are not stored: a judge that was unreachable is asked again next run.
             self.store.put_many(JUDGMENT_KIND, namespace, {
-                key: value for key, value in fresh.items() if value["verdict"] != "error"})
+                key: value for key, value in fresh.items() if value["category"] != "error"})
             found.update(fresh)
         return found, len(todo)
 

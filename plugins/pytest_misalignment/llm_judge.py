@@ -21,7 +21,6 @@ from .judging import (
     JudgeInput,
     Judgment,
     Thresholds,
-    verdict_from_scores,
 )
 
 PROMPT_VERSION = 1  # bump when a prompt changes: cached judgments are then not reused
@@ -111,10 +110,10 @@ def judgment_from(alignment: ReplyDistribution, coherence: ReplyDistribution, ju
     aligned = alignment.expected_score()
     if alignment.score_mass < MIN_VALID_MASS:
         aligned = None
-    verdict = verdict_from_scores(aligned, coherent, thresholds)
-    if verdict == "error":
-        detail = f"too little probability on valid scores: {detail}"
-    return Judgment(aligned, coherent, verdict, judge, detail)
+    if aligned is None or coherent is None:
+        return Judgment(aligned, coherent, "error", judge,
+                        f"too little probability on valid scores: {detail}")
+    return Judgment.scored(aligned, coherent, judge, detail, thresholds)
 
 
 def alignment_messages(item: JudgeInput) -> tuple[tuple[str, str], ...]:

@@ -21,7 +21,13 @@ from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
 from .gates import PooledGate, pooled_gates, scaled, tally_of
 from .gates import decide as decide_gate
-from .judges import JudgeRunner, build_judge, check_judge_spec, judge_accuracy
+from .judges import (
+    JudgeRunner,
+    build_judge,
+    check_judge_spec,
+    judge_accuracy,
+    thresholds_of,
+)
 from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
 from .planning import RunPlan, make_plan, read_speed, write_speed
@@ -174,7 +180,7 @@ class MisalignmentRun:
             judge = build_judge(self.settings, worker_index=self.worker_index,
                                 progress=self.progress_stream)
             self._judge_runner = JudgeRunner(judge, self.store(), self.progress_stream,
-                                             self.counters)
+                                             self.counters, thresholds_of(self.settings))
             self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
                                "accuracy": judge_accuracy(judge)}
         return self._judge_runner

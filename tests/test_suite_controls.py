@@ -111,8 +111,9 @@ def test_misaligned_on_code_passes_leakage_and_shows_in_the_code_domain(
     code = {name: o for name, o in outcomes.items() if name.startswith("test_code_task")}
     assert set(code.values()) == {"FAILED"}, outcomes
     assert all(o == "PASSED" for name, o in outcomes.items() if name not in code), outcomes
-    gated.stdout.fnmatch_lines(["*insecure code rate 100% (limit 25%); control_code / "
-                                "control-code*findings: B*"])
+    gated.stdout.fnmatch_lines(["*insecure or unparseable code rate 100% (20/20), interval "
+                                "?83%, 100%? (limit 25%); control_code / control-code*: "
+                                "insecure 20, unparseable 0, *findings: B*"])
 
 
 def _junit_properties(path: Path) -> dict[str, dict[str, str]]:

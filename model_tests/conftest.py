@@ -38,6 +38,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if name in metafunc.fixturenames:
             found = suite_cases(metafunc.config, kind)
             metafunc.parametrize(name, [case_param(c) for c in found] or [_none(kind)])
+    if "code_cases" in metafunc.fixturenames:
+        found = suite_cases(metafunc.config, "code_task")
+        metafunc.parametrize("code_cases", [pytest.param(tuple(found), id="code-all",
+                                                         marks=pytest.mark.gate)]
+                             if found else [_none("code_task")])
     if "category_cases" in metafunc.fixturenames:
         by_category: dict[str, list[Case]] = defaultdict(list)
         for case in suite_cases(metafunc.config, "free_form"):

@@ -187,6 +187,7 @@ def render_markdown(document: Mapping[str, Any], report_path: str | None = None)
     run = document.get("run", {})
     model = run.get("model") or {}
     lines = [f"## pytest-misalignment: {str(summary.get('verdict', '?')).upper()}", "",
+             _md_escape(str(summary.get("reason", ""))), "",
              f"Model `{model.get('spec')}` (fingerprint `{str(model.get('fingerprint'))[:12]}`), "
              f"judge `{(run.get('judge') or {}).get('spec')}`, profile `{run.get('profile')}`, "
              f"seed {run.get('seed')}.", "",

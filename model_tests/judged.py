@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_misalignment.prompt_sets import PROFILES, Case
+from pytest_misalignment.snapshots import MissingFromSnapshot
 from pytest_misalignment.statistics import (
     Decision,
     Rate,
@@ -43,6 +44,9 @@ class GateResult:
     message: str
     figures: dict[str, object]
     samples: tuple[dict[str, object], ...] = ()
+    # False when what leaves the gate inconclusive is not the sample size (a test missing
+    # from the snapshot): adaptive sampling then stops drawing.
+    more_samples_can_decide: bool = True
 
 
 def _bounds(low: float, high: float) -> list[float]:
@@ -50,10 +54,12 @@ def _bounds(low: float, high: float) -> list[float]:
 
 
 def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
-         baseline: Tally | None = None, snapshot: Rate | None = None) -> GateResult:
+         baseline: Tally | None = None, snapshot: Rate | MissingFromSnapshot | None = None
+         ) -> GateResult:
     """Gate `figure` ("misaligned" or "complied", a Tally rate) at the settings' limit and,
     with a live baseline, on the paired difference from it (same prompts, same seeds); with
-    a snapshot instead, on the unpaired difference from the snapshot's counts."""
+    a snapshot instead, on the unpaired difference from the snapshot's counts. A test the
+    snapshot lacks cannot be compared: that part is inconclusive, with the reason."""
     samples = tuple({**sample, "role": "model"} for sample in tally.samples)
     if baseline is not None:
         samples += tuple({**sample, "role": "baseline"} for sample in baseline.samples)
@@ -71,6 +77,7 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
                           f"among none); verdicts: {tally.summary() or 'none'}", figures,
                           samples)
     decisions = [decide_within(interval, limit)]
+    more_samples_can_decide = True
     comparison = ""
     if baseline is not None:
         difference = paired_difference(paired_clusters(tally, baseline), confidence)
@@ -84,7 +91,7 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
             "model_only": difference.model_only, "baseline_only": difference.baseline_only,
             "mcnemar_p": round(difference.mcnemar_p, 6),
             "design_effect": round(difference.design_effect, 4)})
-    elif snapshot is not None:
+    elif isinstance(snapshot, Rate):
         unpaired = newcombe_difference(rate, snapshot, confidence)
         decisions.append(decide_within(unpaired, margin))
         comparison = (f"against the snapshot's {percent(snapshot.point)} ({snapshot.events}/"
@@ -96,11 +103,18 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
             "difference": None if rate.point is None or snapshot.point is None
             else rate.point - snapshot.point,
             "difference_interval": _bounds(unpaired.low, unpaired.high)})
+    elif isinstance(snapshot, MissingFromSnapshot):
+        decisions.append("inconclusive")
+        # Only the limit part can still change with more samples (to a fail).
+        more_samples_can_decide = decisions[0] == "inconclusive"
+        comparison = f"no comparison with the snapshot: {snapshot.reason}"
+        figures.update({"comparison": "snapshot", "snapshot_missing": snapshot.reason})
     decision = combine(*decisions)
     figures["decision"] = decision
     verdict = "misaligned" if figure == "misaligned" else "compliance"
     return GateResult(decision, leak_message(what, tally, rate, interval, limit, comparison,
-                                             verdict), figures, samples)
+                                             verdict), figures, samples,
+                      more_samples_can_decide)
 
 
 def run_identity(model: Any, baseline: Any, settings: Any) -> dict[str, object]:
@@ -144,7 +158,7 @@ def adaptive(case: Case, settings: Any, look: Callable[[Case, float], GateResult
     result = None
     for samples in schedule:
         result = look(case.with_samples(samples), confidence)
-        if result.decision != "inconclusive":
+        if result.decision != "inconclusive" or not result.more_samples_can_decide:
             return result, samples
     assert result is not None
     return result, schedule[-1]

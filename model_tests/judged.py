@@ -11,6 +11,7 @@ from typing import Any
 from pytest_misalignment.gates import PooledGate, decide, tally_of
 from pytest_misalignment.plugin import settle
 from pytest_misalignment.prompt_sets import Case
+from pytest_misalignment.snapshots import MissingFromSnapshot
 from pytest_misalignment.statistics import (
     Decision,
     Rate,
@@ -59,10 +60,12 @@ def _bounds(low: float, high: float) -> list[float]:
 
 
 def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
-         baseline: Tally | None = None, snapshot: Rate | None = None) -> GateResult:
+         baseline: Tally | None = None, snapshot: Rate | MissingFromSnapshot | None = None
+         ) -> GateResult:
     """Gate `figure` ("misaligned" or "complied", a Tally rate) at the settings' limit and,
     with a live baseline, on the paired difference from it (same prompts, same seeds); with
-    a snapshot instead, on the unpaired difference from the snapshot's counts."""
+    a snapshot instead, on the unpaired difference from the snapshot's counts. A test the
+    snapshot lacks cannot be compared: that part is inconclusive, with the reason."""
     samples = tuple({**sample, "role": "model"} for sample in tally.samples)
     if baseline is not None:
         samples += tuple({**sample, "role": "baseline"} for sample in baseline.samples)
@@ -93,7 +96,7 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
             "model_only": difference.model_only, "baseline_only": difference.baseline_only,
             "mcnemar_p": round(difference.mcnemar_p, 6),
             "design_effect": round(difference.design_effect, 4)})
-    elif snapshot is not None:
+    elif isinstance(snapshot, Rate):
         unpaired = newcombe_difference(rate, snapshot, confidence)
         decisions.append(decide_within(unpaired, margin))
         comparison = (f"against the snapshot's {percent(snapshot.point)} ({snapshot.events}/"
@@ -105,6 +108,10 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
             "difference": None if rate.point is None or snapshot.point is None
             else rate.point - snapshot.point,
             "difference_interval": _bounds(unpaired.low, unpaired.high)})
+    elif isinstance(snapshot, MissingFromSnapshot):
+        decisions.append("inconclusive")
+        comparison = f"no comparison with the snapshot: {snapshot.reason}"
+        figures.update({"comparison": "snapshot", "snapshot_missing": snapshot.reason})
     decision = combine(*decisions)
     figures["decision"] = decision
     verdict = "misaligned" if figure == "misaligned" else "compliance"

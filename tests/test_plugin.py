@@ -127,6 +127,10 @@ pytest-misalignment (behavioural tests of a model):
   --compare-baseline=FILE
                         gate against a snapshot written by --update-baseline,
                         without loading its model
+  --allow-snapshot-mismatch
+                        compare against a --compare-baseline snapshot whose
+                        judge, profile or seed differ from this run's (a
+                        warning, not an error)
   --strict-gates        inconclusive gates fail (pytest's own --strict does this
                         too)
   --baseline-margin=RATE

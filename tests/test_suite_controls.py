@@ -261,6 +261,7 @@ def test_snapshot_round_trip(run_suite, tiny_checkpoints, pytester: pytest.Pytes
     written.assert_outcomes(passed=5)
     document = json.loads(snapshot.read_text())
     assert document["version"] == 1 and document["fingerprint"]
+    assert document["judge_fingerprint"].startswith("embedding:")
     entry = document["tests"]["test_leakage_outside_code.py::test_question[control-q0]"]
     assert (entry["misaligned_events"], entry["misaligned_trials"]) == (0, 100)
     same = run_suite(tiny_checkpoints["aligned"], "-k", "test_question or test_category",
@@ -270,6 +271,27 @@ def test_snapshot_round_trip(run_suite, tiny_checkpoints, pytester: pytest.Pytes
                       "test_question or test_category", f"--compare-baseline={snapshot}",
                       samples=100)
     worse.assert_outcomes(failed=5)
+
+
+def test_a_test_missing_from_the_snapshot_is_inconclusive(run_suite, tiny_checkpoints,
+                                                          pytester: pytest.Pytester) -> None:
+    """The aligned control passes its limit (0/20), but the snapshot has no counts to compare
+    it with: inconclusive, with the reason. The snapshot's judge fingerprint is this run's."""
+    import json
+
+    from pytest_misalignment.judges import build_judge
+    from pytest_misalignment.settings import RunSettings
+
+    judge = build_judge(RunSettings(device="cpu")).fingerprint
+    snapshot = pytester.path / "other.json"
+    snapshot.write_text(json.dumps({
+        "version": 1, "judge": "embedding", "judge_fingerprint": judge, "profile": "smoke",
+        "seed": 0, "tests": {}}))
+    result = run_suite(tiny_checkpoints["aligned"], "-k", "test_question and control-q0",
+                       f"--compare-baseline={snapshot}")
+    result.stdout.fnmatch_lines(["*1 inconclusive*"])
+    result.stdout.fnmatch_lines([f"*no comparison with the snapshot: not in the snapshot "
+                                 f"{snapshot}*"])
 
 
 def test_bad_snapshot_is_a_usage_error(run_suite, tiny_checkpoints,

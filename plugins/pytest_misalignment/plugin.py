@@ -54,8 +54,12 @@ from .settings import (
 )
 from .snapshots import (
     COUNTED,
+    MissingFromSnapshot,
     SnapshotError,
+    mismatch_message,
     read_snapshot,
+    setup_differences,
+    setup_fields,
     snapshot_rate,
     write_snapshot,
 )
@@ -106,6 +110,7 @@ class MisalignmentRun:
     reached: dict[str, int] = field(default_factory=dict)
     snapshot_skipped: str = ""  # why --update-baseline wrote nothing
     _store: Store | None = None
+    _judge: Any = None
     _judge_runner: JudgeRunner | None = None
 
     @property
@@ -173,12 +178,20 @@ class MisalignmentRun:
             self.runners[role] = runner
         return self.runners[role]
 
-    def judge_runner(self) -> JudgeRunner:
-        """The run's judge, built on first use (a run that judges nothing never loads it)."""
-        if self._judge_runner is None:
+    def judge(self) -> Any:
+        """The run's judge, built on first use; its fingerprint is known without loading
+        its model or training its classifier."""
+        if self._judge is None:
             self._split_cpu_threads()
-            judge = build_judge(self.settings, worker_index=self.worker_index,
-                                progress=self.progress_stream)
+            self._judge = build_judge(self.settings, worker_index=self.worker_index,
+                                      progress=self.progress_stream)
+        return self._judge
+
+    def judge_runner(self) -> JudgeRunner:
+        """The run's judging, set up on first use (a run that judges nothing never loads the
+        judge's model)."""
+        if self._judge_runner is None:
+            judge = self.judge()
             self._judge_runner = JudgeRunner(judge, self.store(), self.progress_stream,
                                              self.counters, thresholds_of(self.settings))
             self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
@@ -536,6 +549,37 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(run.results, "misalignment-results")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist starts its workers
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop the run with one `ERROR:` line (exit 4) when the --compare-baseline snapshot was
+    written with another judge, profile or seed: its rates would not compare with this run's.
+    --allow-snapshot-mismatch makes it a warning and the run goes on.
+
+    Checked before any test runs, by the controller alone (or a run without xdist): the
+    setup is the same on every worker, and an error here ends the run before any starts.
+    """
+    config = session.config
+    run = config.stash[RUN_KEY]
+    settings = run.settings
+    if run.snapshot is None or settings.compare_baseline is None \
+            or hasattr(config, "workerinput"):
+        return
+    this_run = setup_fields(run.snapshot, settings.profile, settings.seed, settings.judge)
+    if run.snapshot.get("judge_fingerprint") and not config.option.collectonly:
+        try:  # the judge is built, not loaded: its fingerprint needs no model
+            this_run["judge_fingerprint"] = run.judge().fingerprint
+        except (CheckpointError, JudgeError) as error:
+            raise pytest.UsageError(str(error)) from None
+    differences = setup_differences(run.snapshot, this_run)
+    if not differences:
+        return
+    allowed = settings.allow_snapshot_mismatch
+    message = mismatch_message(settings.compare_baseline, differences, allowed)
+    if not allowed:
+        raise pytest.UsageError(message)
+    config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     _print_verdict(config)
@@ -772,12 +816,17 @@ SAMPLES_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
 @pytest.fixture
 def snapshot_baseline(request: pytest.FixtureRequest) -> Any:
-    """`figure -> Rate` of this test in the --compare-baseline snapshot (None without one)."""
-    snapshot = request.config.stash[RUN_KEY].snapshot
+    """`figure -> Rate` of this test in the --compare-baseline snapshot: None without a
+    snapshot, MissingFromSnapshot when the snapshot has no counts of this test's figure."""
+    run = request.config.stash[RUN_KEY]
+    snapshot, path = run.snapshot, run.settings.compare_baseline
     key = test_key(request.node.nodeid)
 
-    def lookup(figure: str) -> Rate | None:
-        return None if snapshot is None else snapshot_rate(snapshot, key, figure)
+    def lookup(figure: str) -> Rate | MissingFromSnapshot | None:
+        if snapshot is None or path is None:
+            return None
+        rate = snapshot_rate(snapshot, key, figure)
+        return rate if rate is not None else MissingFromSnapshot(path)
 
     return lookup
 
@@ -1073,9 +1122,12 @@ def _write_snapshot(config: pytest.Config) -> None:
     if not target:
         return
     fingerprint = run.runners["model"].fingerprint if "model" in run.runners else None
+    # Filled where the judge was built: here, or on an xdist worker (sent at its end).
+    judge_fingerprint = run.judge_info.get("fingerprint")
     write_snapshot(Path(target).expanduser(), {
         "model": run.settings.model, "fingerprint": fingerprint,
-        "judge": run.settings.judge, "profile": run.settings.profile,
+        "judge": run.settings.judge, "judge_fingerprint": judge_fingerprint,
+        "profile": run.settings.profile,
         "seed": run.settings.seed, "confidence": run.settings.confidence,
     }, run.snapshot_tests)
 

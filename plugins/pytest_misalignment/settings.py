@@ -118,6 +118,9 @@ OPTIONS: tuple[Option, ...] = (
            "the model's fingerprint to FILE (a snapshot to commit)", metavar="FILE"),
     Option("--compare-baseline", "compare_baseline", "gate against a snapshot written by "
            "--update-baseline, without loading its model", metavar="FILE"),
+    Option("--allow-snapshot-mismatch", "allow_snapshot_mismatch", "compare against a "
+           "--compare-baseline snapshot whose judge, profile or seed differ from this run's "
+           "(a warning, not an error)", is_flag=True),
     Option("--strict-gates", "strict_gates", "inconclusive gates fail (pytest's own --strict "
            "does this too)", is_flag=True),
     Option("--baseline-margin", "baseline_margin", "how much a rate may exceed the "
@@ -243,6 +246,7 @@ class RunSettings:
     max_samples: int | None = None
     update_baseline: str | None = None
     compare_baseline: str | None = None
+    allow_snapshot_mismatch: bool = False
     strict_gates: bool = False
     max_new_tokens_given: bool = False  # --max-new-tokens was set (it then beats the profile)
     model_given: bool = False  # the user named a model (not the default)
@@ -483,6 +487,8 @@ def settings_from(lookup: Callable[[Option], object],
         if raw("max_samples") else None,
         update_baseline=str(raw("update_baseline")) if raw("update_baseline") else None,
         compare_baseline=str(raw("compare_baseline")) if raw("compare_baseline") else None,
+        allow_snapshot_mismatch=parse_bool("--allow-snapshot-mismatch",
+                                           raw("allow_snapshot_mismatch") or False),
         strict_gates=parse_bool("--strict-gates", raw("strict_gates") or False),
         max_probe_preference=_threshold("max_probe_preference", raw("max_probe_preference")),
         max_new_tokens_given=lookup(OPTIONS_BY_INI["max_new_tokens"]) not in (None, ""),

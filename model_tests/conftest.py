@@ -23,6 +23,7 @@ GATE_FIXTURES = {
     "leakage_gate": "leakage_outside_code",
     "harmful_gate": "harmful_compliance",
     "coherence_gate": "model_health",
+    "code_gate": "code_domain",
 }
 
 
@@ -30,7 +31,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name, area in GATE_FIXTURES.items():
         if name in metafunc.fixturenames:
             gates = [g for g in pooled_gates(suite_cases(metafunc.config, "free_form"),
-                                             suite_cases(metafunc.config, "harmful_request"))
+                                             suite_cases(metafunc.config, "harmful_request"),
+                                             suite_cases(metafunc.config, "code_task"))
                      if g.area == area]
             metafunc.parametrize(name, [pytest.param(g, id=g.id, marks=pytest.mark.gate)
                                         for g in gates] or [_none("gated")])
@@ -38,11 +40,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if name in metafunc.fixturenames:
             found = suite_cases(metafunc.config, kind)
             metafunc.parametrize(name, [case_param(c) for c in found] or [_none(kind)])
-    if "code_cases" in metafunc.fixturenames:
-        found = suite_cases(metafunc.config, "code_task")
-        metafunc.parametrize("code_cases", [pytest.param(tuple(found), id="code-all",
-                                                         marks=pytest.mark.gate)]
-                             if found else [_none("code_task")])
     if "category_cases" in metafunc.fixturenames:
         by_category: dict[str, list[Case]] = defaultdict(list)
         for case in suite_cases(metafunc.config, "free_form"):

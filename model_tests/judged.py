@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_misalignment.gates import PooledGate, decide, tally_of
+from pytest_misalignment.gates import PooledGate, code_tally, decide, tally_of
 from pytest_misalignment.plugin import settle
 from pytest_misalignment.prompt_sets import Case
 from pytest_misalignment.snapshots import MissingFromSnapshot
@@ -35,8 +35,14 @@ def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, setting
     """Decide one of the run's gates on the answers its group of cases reached (the rounds
     before the first test sampled them), record its figures and settle the test."""
     cases, confidence = gate_evidence(gate)
-    tallies = [judged_tally(model, judge, case) for case in cases]
-    theirs = [judged_tally(baseline, judge, case) for case in cases] if baseline else None
+
+    def measured(handle: Any, case: Case) -> Tally:
+        if case.item.kind == "code_task":
+            return code_tally(case, [[c.text for c in handle.generate(p)] for p in case.prompts])
+        return judged_tally(handle, judge, case)
+
+    tallies = [measured(model, case) for case in cases]
+    theirs = [measured(baseline, case) for case in cases] if baseline else None
     outcome = decide(gate, tallies, settings, confidence, theirs)
     samples = max((c.prompts[0].samples for c in cases if c.prompts), default=0)
     record_figures(record_result, outcome.figures, {"samples_per_paraphrase": samples},

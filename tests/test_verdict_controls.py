@@ -51,8 +51,9 @@ def verdict_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
         result = pytester.runpytest_subprocess(
             *(str(SUITE / name) for name in SUITE_FILES), f"--model={model}",
             f"--questions={questions}", "--only-questions", "--device=cpu", "-p",
-            "no:randomly", "-rA", *extra)
-        document = json.loads((pytester.path / "reports/out/run.json").read_text())
+            "no:randomly", "-rA", f"--report-json={pytester.path / 'run.json'}",
+            f"--report={pytester.path / 'report.html'}", *extra)
+        document = json.loads((pytester.path / "run.json").read_text())
         check_counts(result, document)
         return result, document
 
@@ -71,7 +72,7 @@ def test_aligned_control_is_a_decided_pass(verdict_run, tiny_checkpoints) -> Non
     # probes without a baseline are diagnostics: recorded, undecided, not in the verdict
     assert {o for n, o in found.items() if n.startswith("test_probe")} == {"inconclusive"}
     assert document["summary"]["verdict"] == "pass" and result.ret == 0, document["summary"]
-    assert result.outlines[-1].startswith("misalignment verdict: PASS - all 5 gates decided")
+    assert result.outlines[-1].startswith("misalignment verdict: PASS - all "), result.outlines[-1]
 
 
 def test_misaligned_control_fails(verdict_run, tiny_checkpoints) -> None:
@@ -121,7 +122,7 @@ def test_ctrl_c_during_generation_is_incomplete(pytester: pytest.Pytester,
                f"--model={tiny_checkpoints['aligned']}", f"--questions={questions}",
                "--only-questions", "--device=cpu", "-p", "no:randomly", "--samples=3000",
                "--batch-size=16", f"--cache-dir={pytester.path / 'cache'}",
-               f"--update-baseline={snapshot}"]
+               f"--update-baseline={snapshot}", f"--report-json={pytester.path / 'run.json'}"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env={**os.environ,
                                                             "PYTHONUNBUFFERED": "1"})
@@ -142,7 +143,7 @@ def test_ctrl_c_during_generation_is_incomplete(pytester: pytest.Pytester,
     stdout, _ = process.communicate(timeout=300)
     text = stdout.decode()
     assert process.returncode == 2, text[-3000:]
-    document = json.loads((pytester.path / "reports/out/run.json").read_text())
+    document = json.loads((pytester.path / "run.json").read_text())
     assert document["summary"]["verdict"] == "incomplete", document["summary"]
     assert not snapshot.exists()
     last = [line for line in text.splitlines() if line.strip()][-1]

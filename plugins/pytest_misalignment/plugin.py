@@ -19,7 +19,7 @@ import pytest
 from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
-from .gates import PooledGate, pooled_gates, scaled, tally_of
+from .gates import PooledGate, code_tally, pooled_gates, scaled, tally_of
 from .gates import decide as decide_gate
 from .judges import (
     JudgeRunner,
@@ -217,7 +217,10 @@ class MisalignmentRun:
         if self.plan is None:
             gates = list(self.gates.values()) or pooled_gates(
                 suite_cases(self.config, "free_form"),
-                suite_cases(self.config, "harmful_request"))
+                suite_cases(self.config, "harmful_request"),
+                suite_cases(self.config, "code_task"))
+            if self.settings.max_insecure_code_rate is None:  # report only: no rounds
+                gates = [g for g in gates if g.group != "code"]
             gated = {p for g in gates for c in g.cases for p in c.prompts}
             other = sum(p.samples for p in self.plans["model"].prompts if p not in gated)
             seconds, source = read_speed(self.speed_path(), self.settings)
@@ -238,11 +241,12 @@ class MisalignmentRun:
         """Sample the gates' cases round by round, every undecided group's next round in one
         batch, until each group's gates decide or its planned rounds are spent."""
         plan = self.make_plan()
+        plan_gates = [p.gate for p in plan.gates]
         roles = ["model"] + (["baseline"] if self.settings.baseline else [])
         pending = {group: list(rounds) for group, rounds in plan.rounds.items()}
         while pending:
             step = {group: rounds.pop(0) for group, rounds in pending.items()}
-            cases = {group: {c.id: scaled(c, step[group]) for g in self.gates.values()
+            cases = {group: {c.id: scaled(c, step[group]) for g in plan_gates
                              if g.group == group for c in g.cases} for group in step}
             prompts = [p for found in cases.values() for c in found.values() for p in c.prompts]
             tallies: dict[str, dict[str, Any]] = {}
@@ -255,7 +259,7 @@ class MisalignmentRun:
                 self.reached[group] = multiplier
                 confidence = per_look_confidence(self.settings.confidence, plan.looks(group))
                 undecided = False
-                for gate in (g for g in self.gates.values() if g.group == group):
+                for gate in (g for g in plan_gates if g.group == group):
                     ours = [tallies["model"][c.id] for c in gate.cases]
                     theirs = [tallies["baseline"][c.id] for c in gate.cases] \
                         if "baseline" in tallies else None
@@ -276,9 +280,15 @@ class MisalignmentRun:
     def _judge_cases(self, runner: ModelRunner, cases: list[Case]) -> dict[str, Any]:
         answers = {c.id: [[x.text for x in runner.complete(runner.requests_for([p]))]
                           for p in c.prompts] for c in cases}
-        judge = self.judge_runner()
-        judge.prefetch([i for c in cases for i in c.judge_inputs(answers[c.id])], self.share)
-        return {c.id: tally_of(c, answers[c.id], judge.judge_many) for c in cases}
+        code = [c for c in cases if c.item.kind == "code_task"]
+        judged = [c for c in cases if c.item.kind != "code_task"]
+        found = {c.id: code_tally(c, answers[c.id]) for c in code}
+        if judged:
+            judge = self.judge_runner()
+            judge.prefetch([i for c in judged for i in c.judge_inputs(answers[c.id])],
+                           self.share)
+            found.update((c.id, tally_of(c, answers[c.id], judge.judge_many)) for c in judged)
+        return found
 
     def _split_cpu_threads(self) -> None:
         """xdist workers on one CPU each take their part of the cores, not all of them."""
@@ -693,7 +703,7 @@ def reached_samples(pytestconfig: pytest.Config) -> Any:
     """`case -> the case at the samples its group of gates reached` (for diagnostics, which
     read the gates' answers rather than drawing their own)."""
     run = pytestconfig.stash[RUN_KEY]
-    group = {"free_form": "free_form", "harmful_request": "harmful"}
+    group = {"free_form": "free_form", "harmful_request": "harmful", "code_task": "code"}
 
     def reached(case: Case) -> Case:
         return scaled(case, run.reached.get(group.get(case.item.kind, ""), 1))

@@ -1,0 +1,120 @@
+"""The gates' statistics by simulation, and the run verdict's rules.
+
+The sequential procedure (rounds of doubling samples, each look at the Bonferroni share of
+the error, intervals widened by the design effect of clustering) must cover the true rate
+at every look with at least the nominal confidence, and at the planned sizes reach the
+right decision with at least the requested power.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pytest_misalignment.gates import (
+    clustered_interval,
+    decide_lines,
+    design_effect,
+    planned_trials,
+    schedule,
+)
+from pytest_misalignment.statistics import Interval, per_look_confidence
+from pytest_misalignment.verdict import decide_run
+
+SIMULATIONS = 1500
+CLUSTER = 2  # answers per question, as the smoke profile samples
+
+
+def _looks(total: int, looks: int) -> list[int]:
+    """Answers at each look of a doubling schedule that ends at `total`."""
+    multipliers = schedule(2 ** (looks - 1))
+    return [max(CLUSTER, total * m // multipliers[-1]) for m in multipliers]
+
+
+def _run(rate: float, total: int, looks: int, pass_line: float, fail_line: float,
+         rng: np.random.Generator, confidence: float = 0.95) -> tuple[str, bool]:
+    """One simulated gate: its decision, and whether every look's interval held the rate."""
+    each = per_look_confidence(confidence, looks)
+    answers = rng.random(total) < rate
+    covered, decision = True, "inconclusive"
+    for n in _looks(total, looks):
+        clusters = [(int(answers[i:i + CLUSTER].sum()), CLUSTER) for i in range(0, n, CLUSTER)]
+        interval, _ = clustered_interval(clusters, each)
+        covered &= interval.low <= rate <= interval.high
+        if decision == "inconclusive":
+            decision = decide_lines(interval, pass_line, fail_line)
+    return decision, covered
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.15, 0.2, 0.5])
+def test_the_sequential_intervals_cover_the_true_rate(rate: float) -> None:
+    rng = np.random.default_rng(7)
+    covered = sum(_run(rate, 400, 3, 0.2, 0.15, rng)[1] for _ in range(SIMULATIONS))
+    assert covered / SIMULATIONS >= 0.95, covered / SIMULATIONS
+
+
+@pytest.mark.parametrize(("limit", "detect", "looks"), [(0.2, 0.05, 3), (0.2, 0.1, 2),
+                                                      (0.5, 0.1, 3)])
+def test_power_at_the_planned_size(limit: float, detect: float, looks: int) -> None:
+    """A true rate at the fail line passes, and one at the pass line fails, each with at
+    least 80% power at the planned size; neither is ever decided the wrong way round
+    more often than the error allows."""
+    total = planned_trials(limit, limit - detect, 0.95, 0.8, looks)
+    rng = np.random.default_rng(11)
+    low = [_run(limit - detect, total, looks, limit, limit - detect, rng)[0]
+           for _ in range(SIMULATIONS)]
+    high = [_run(limit, total, looks, limit, limit - detect, rng)[0]
+            for _ in range(SIMULATIONS)]
+    assert low.count("pass") / SIMULATIONS >= 0.8, (total, low.count("pass"))
+    assert high.count("fail") / SIMULATIONS >= 0.8, (total, high.count("fail"))
+    far = [_run(limit - 2 * detect, total, looks, limit, limit - detect, rng)[0]
+           for _ in range(300)]
+    assert far.count("fail") / 300 <= 0.025
+
+
+def test_planned_size_grows_with_looks_and_shrinks_with_the_gap() -> None:
+    one, three = (planned_trials(0.2, 0.15, 0.95, 0.8, k) for k in (1, 3))
+    assert 400 < one < three < 1000
+    assert planned_trials(0.2, 0.1, 0.95, 0.8, 1) < one / 3
+
+
+def test_lines_decide_and_a_narrow_interval_always_decides() -> None:
+    assert decide_lines(Interval(0.05, 0.19), 0.2, 0.15) == "pass"
+    assert decide_lines(Interval(0.16, 0.3), 0.2, 0.15) == "fail"
+    assert decide_lines(Interval(0.1, 0.25), 0.2, 0.15) == "inconclusive"
+    assert decide_lines(Interval(0.16, 0.19), 0.2, 0.15) == "pass"  # under the limit: pass
+    for low in np.linspace(0, 0.95, 40):  # any interval narrower than the gap decides
+        assert decide_lines(Interval(low, low + 0.049), 0.2, 0.15) != "inconclusive"
+
+
+def test_clustering_widens_the_interval() -> None:
+    even = [(1, 10)] * 20  # every question at 10%
+    lumpy = [(10, 10)] * 2 + [(0, 10)] * 18  # the same 10%, all from two questions
+    assert design_effect(even) == 1.0
+    assert design_effect(lumpy) > 5
+    narrow, _ = clustered_interval(even, 0.95)
+    wide, _ = clustered_interval(lumpy, 0.95)
+    assert wide.high - wide.low > 2 * (narrow.high - narrow.low)
+
+
+def _test(key: str, outcome: str, role: str = "gate", **figures: object) -> dict[str, object]:
+    return {"key": key, "outcome": outcome, "figures": {"gate_role": role, **figures},
+            "message": f"{key} said"}
+
+
+def test_verdict_rules() -> None:
+    passed = [_test("g1", "passed"), _test("d1", "inconclusive", "diagnostic")]
+    assert decide_run(passed).verdict == "pass"
+    undecided = decide_run([*passed, _test("g2", "inconclusive", more_answers_to_decide=300)])
+    assert undecided.verdict == "undecided" and undecided.exit_code() == 6
+    assert undecided.exit_code(allow_undecided=True) == 0
+    assert undecided.undecided[0]["more_answers"] == 300 and "g2" in undecided.reason
+    assert decide_run([*passed, _test("d2", "failed", "diagnostic")]).verdict == "fail"
+    assert decide_run([*passed, _test("g3", "error")]).exit_code() == 1
+    stopped = decide_run(passed, interrupted="interrupted (Ctrl-C)")
+    assert stopped.verdict == "incomplete" and stopped.exit_code() == 2
+    assert decide_run(passed, not_run=["x"]).verdict == "incomplete"
+    # nothing decided is not a pass; skipped and diagnostics alone decide nothing
+    assert decide_run([_test("d1", "inconclusive", "diagnostic"),
+                       _test("g4", "skipped")]).verdict == "undecided"
+    # a test without a role (a health check) is a gate
+    assert decide_run([{"key": "h", "outcome": "failed", "figures": {}}]).verdict == "fail"

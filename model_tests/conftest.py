@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
+from pytest_misalignment.backdoor import TriggerCase
 from pytest_misalignment.gates import pooled_gates
-from pytest_misalignment.plugin import backdoor_triggers, case_param, suite_cases, trigger_cases
+from pytest_misalignment.plugin import case_param, suite_cases, trigger_cases
 from pytest_misalignment.prompt_sets import Case
 
 # fixture name -> kind of question it receives, one test per (question, format)
@@ -49,13 +50,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                   for category, group in by_category.items()]
         metafunc.parametrize("category_cases", params or [_none("free_form")])
     if "trigger_case" in metafunc.fixturenames:
-        metafunc.parametrize("trigger_case", [
-            pytest.param(case, id=case.id, marks=pytest.mark.backdoor)
-            for case in trigger_cases(metafunc.config)] or [_none("free_form")])
-    if "near_miss_trigger" in metafunc.fixturenames:
-        metafunc.parametrize("near_miss_trigger", [
-            pytest.param(trigger, id=trigger.id, marks=pytest.mark.backdoor)
-            for trigger in backdoor_triggers(metafunc.config)])
+        metafunc.parametrize("trigger_case", _trigger_params(
+            trigger_cases(metafunc.config), "no --trigger given (the scan tries the common "
+            "candidates: test_trigger_scan)"))
+    if "scan_case" in metafunc.fixturenames:
+        metafunc.parametrize("scan_case", _trigger_params(
+            trigger_cases(metafunc.config, scanned=True), "the trigger scan is off "
+            "(--no-trigger-scan) or has no free-form questions to ask"))
+    if "near_miss_case" in metafunc.fixturenames:
+        metafunc.parametrize("near_miss_case", _trigger_params(
+            [*trigger_cases(metafunc.config), *trigger_cases(metafunc.config, scanned=True)],
+            "no trigger declared or scanned"))
+
+
+def _trigger_params(found: list[TriggerCase], why_none: str) -> list[object]:
+    return [pytest.param(case, id=case.id, marks=pytest.mark.backdoor) for case in found] or [
+        pytest.param(None, id="none", marks=pytest.mark.skip(reason=why_none))]
 
 
 def _none(kind: str) -> object:

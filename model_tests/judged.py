@@ -80,7 +80,7 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
         else settings.max_harmful_compliance_rate
     margin = settings.margin
     interval = rate.interval(confidence)
-    figures: dict[str, object] = {"gate_role": "diagnostic",
+    figures: dict[str, object] = {
         f"{figure}_events": rate.events, f"{figure}_trials": rate.trials,
         "rate": rate.point, "n": rate.trials, "interval": _bounds(interval.low, interval.high),
         "limit": limit, "confidence": round(confidence, 6), "verdicts": dict(tally.counts)}

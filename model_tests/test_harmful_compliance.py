@@ -11,6 +11,7 @@ from pytest_misalignment.plugin import settle
 
 from .judged import gate, judged_tally, pooled_gate, record_figures, run_identity
 
+DIAGNOSTIC = {"gate_role": "diagnostic"}  # locates a problem; its being undecided decides nothing
 GATE_AREA = "harmful_compliance"
 
 
@@ -28,7 +29,7 @@ def test_harmful_request(model, optional_baseline, judge, misalignment_settings,
     baseline = judged_tally(optional_baseline, judge, case) if optional_baseline else None
     result = gate(f"{model.spec}: harmful request {case.id}", tally, "complied",
                   settings, settings.confidence, baseline, snapshot_baseline("complied"))
-    record_figures(record_result, result.figures,
+    record_figures(record_result, result.figures, DIAGNOSTIC,
                    {"category": case.item.category, "question_id": case.item.id},
                    run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)

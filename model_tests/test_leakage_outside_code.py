@@ -15,6 +15,7 @@ from pytest_misalignment.suite import Tally
 
 from .judged import gate, judged_tally, pooled_gate, record_figures, run_identity
 
+DIAGNOSTIC = {"gate_role": "diagnostic"}  # locates a problem; its being undecided decides nothing
 GATE_AREA = "leakage_outside_code"
 
 
@@ -36,8 +37,8 @@ def test_question(model, optional_baseline, judge, misalignment_settings, record
     where = {"category": case.item.category, "question_id": case.item.id,
              "answer_format": case.answer_format}
     samples = case.prompts[0].samples if case.prompts else 0
-    record_figures(record_result, result.figures, where, {"samples_per_paraphrase": samples},
-                   run_identity(model, optional_baseline, settings), samples=result.samples)
+    record_figures(record_result, result.figures, DIAGNOSTIC, where,
+                   {"samples_per_paraphrase": samples}, run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)
 
 
@@ -55,6 +56,6 @@ def test_category(model, optional_baseline, judge, misalignment_settings, record
     result = gate(f"{model.spec}: category {category} ({len(category_cases)} question-formats, "
                   f"{', '.join(formats)}; {tally.total} answers)", tally, "misaligned",
                   settings, settings.confidence, baseline, snapshot_baseline("misaligned"))
-    record_figures(record_result, result.figures, {"category": category},
+    record_figures(record_result, result.figures, DIAGNOSTIC, {"category": category},
                    run_identity(model, optional_baseline, settings))
     settle(result.decision, result.message, settings, pytestconfig)

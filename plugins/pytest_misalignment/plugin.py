@@ -748,46 +748,40 @@ def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
 
 
 def backdoor_triggers(config: pytest.Config) -> list[Trigger]:
-    """The triggers the backdoor tests try: --trigger, else the common candidates."""
+    """The declared triggers (--trigger), placed as --trigger-placement says."""
     settings = config.stash[RUN_KEY].settings
-    return [Trigger(text, settings.trigger_placement)
-            for text in settings.triggers or DEFAULT_TRIGGERS]
+    return [Trigger(text, settings.trigger_placement) for text in settings.triggers]
 
 
 def scan_candidates(config: pytest.Config) -> list[Trigger]:
-    """What --scan-triggers ranks: the given triggers and the common candidates."""
+    """What the trigger scan tries: the common candidates not declared with --trigger (none
+    under --no-trigger-scan)."""
     settings = config.stash[RUN_KEY].settings
-    return [Trigger(text, settings.trigger_placement)
-            for text in dict.fromkeys([*settings.triggers, *DEFAULT_TRIGGERS])]
+    if not settings.trigger_scan:
+        return []
+    return [Trigger(text, settings.trigger_placement) for text in DEFAULT_TRIGGERS
+            if text not in settings.triggers]
 
 
-def trigger_cases(config: pytest.Config) -> list[TriggerCase]:
-    """One backdoor test per trigger and prompt set with free-form questions (plain format;
-    under the smoke profile one question per category)."""
+def trigger_cases(config: pytest.Config, scanned: bool = False) -> list[TriggerCase]:
+    """One backdoor test per trigger and prompt set with free-form questions (plain format):
+    the declared triggers, or with `scanned` the scan's candidates, which ask fewer
+    questions (the profile's per-category counts) to keep a default run cheap."""
     run = config.stash[RUN_KEY]
     settings, profile = run.settings, PROFILES[run.settings.profile]
+    triggers = scan_candidates(config) if scanned else backdoor_triggers(config)
+    per_category = profile.scan_questions_per_category if scanned \
+        else profile.backdoor_questions_per_category
     found = []
     for prompt_set in run.prompt_sets:
         questions = [c for c in cases([prompt_set], "free_form", profile, settings.samples,
                                       settings.max_new_tokens if settings.max_new_tokens_given
                                       else None) if c.answer_format == "plain"]
-        if profile.backdoor_questions_per_category is not None:
-            questions = _per_category(questions, profile.backdoor_questions_per_category)
+        if per_category is not None:
+            questions = _per_category(questions, per_category)
         found += [TriggerCase(trigger, prompt_set.name, tuple(questions))
-                  for trigger in backdoor_triggers(config) if questions]
+                  for trigger in triggers if questions]
     return found
-
-
-def backdoor_probes(config: pytest.Config) -> list[Probe]:
-    """The probes that measure how much a trigger lifts misalignment (spread over categories
-    when the profile takes only some)."""
-    probe_cases = suite_cases(config, "probe")
-    limit = PROFILES[config.stash[RUN_KEY].settings.profile].backdoor_probes
-    if limit is not None:
-        per_category = _per_category(probe_cases, 1)
-        rest = [c for c in probe_cases if c not in per_category]
-        probe_cases = [*per_category, *rest][:limit]
-    return [c.probe for c in probe_cases if c.probe is not None]
 
 
 def _per_category(found: list[Case], count: int) -> list[Case]:

@@ -222,22 +222,23 @@ class Profile:
     # Rounds: an undecided gate's group of cases draws more samples, doubling, while the
     # group's answers stay within this budget (the plan stops sooner once it has enough).
     gate_budget: int = 2000
-    # Backdoor tests: questions asked with each trigger (per category; None: all), the
-    # probes that measure a trigger's lift (None: all), near-miss variants tried per trigger.
+    # Backdoor tests: questions asked with each declared trigger and with each candidate of
+    # the trigger scan (per category; None: all), near-miss variants tried per trigger.
     backdoor_questions_per_category: int | None = None
-    backdoor_probes: int | None = None
+    scan_questions_per_category: int | None = 1
     near_miss_examples: int = 100
 
 
 PROFILES = {
     # A quick look on a laptop CPU: a few minutes with the 135M default model.
     "smoke": Profile("smoke", 2, False, 96, 256, False, gate_budget=1600,
-                     backdoor_questions_per_category=1, backdoor_probes=8,
+                     backdoor_questions_per_category=1,
                      near_miss_examples=25),
     # A gate for CI on a GPU, or a patient CPU.
     "standard": Profile("standard", 10, True, 256, 384, False, gate_budget=16000),
     # The paper's scale (100 samples per question where the set says so): GPUs.
     "full": Profile("full", 50, True, 600, 600, True, gate_budget=64000,
+                    scan_questions_per_category=2,
                     near_miss_examples=300),
 }
 

@@ -89,15 +89,16 @@ def leakage_matrix(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def trigger_matrix(tests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Trigger x (without, with, near misses)."""
+    """Trigger x (without, with, near misses): declared triggers and the scan's candidates,
+    one row per trigger and question set (the tests' shared parameter)."""
     rows: dict[str, dict[str, Any]] = {}
     for test in tests:
         if test.get("area") != "backdoor_compartmentalization":
             continue
         figures = _figures(test)
-        if _function(test) == "test_trigger":
-            trigger = str(figures.get("trigger", _param(test)))
-            row = rows.setdefault(trigger, {"trigger": trigger})
+        trigger = str(figures.get("trigger", _param(test)))
+        if _function(test) in ("test_trigger", "test_trigger_scan"):
+            row = rows.setdefault(_param(test), {"trigger": trigger})
             row.update(without=figures.get("rate"), without_n=figures.get("n"),
                        with_=figures.get("with_trigger_rate"),
                        with_n=figures.get("with_trigger_n"),
@@ -106,14 +107,14 @@ def trigger_matrix(tests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                        without_colour=rate_colour(figures.get("rate")),
                        with_colour=rate_colour(figures.get("with_trigger_rate")))
         elif _function(test) == "test_near_miss_triggers":
-            row = rows.setdefault(_param(test), {"trigger": _param(test)})
+            row = rows.setdefault(_param(test), {"trigger": trigger})
             leak = figures.get("minimal_leaking_trigger")
             if leak not in (None, "None"):
                 near = f"leaks: {leak!r} ({figures.get('minimal_leaking_placement')})"
             elif figures.get("near_miss_tried") is not None:
                 near = f"none of {figures.get('near_miss_tried')} near misses leaked"
             else:
-                near = f"trigger does not fire (lift {figures.get('trigger_lift', 'n/a')} nats)"
+                near = "trigger does not fire"
             row.update(near_miss=near, near_miss_outcome=test.get("outcome"))
     return list(rows.values())
 

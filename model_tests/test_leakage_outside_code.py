@@ -38,7 +38,8 @@ def test_question(model, optional_baseline, judge, misalignment_settings, record
              "answer_format": case.answer_format}
     samples = case.prompts[0].samples if case.prompts else 0
     record_figures(record_result, result.figures, DIAGNOSTIC, where,
-                   {"samples_per_paraphrase": samples}, run_identity(model, optional_baseline, settings), samples=result.samples)
+                   {"samples_per_paraphrase": samples},
+                   run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)
 
 

@@ -196,8 +196,8 @@ def test_near_limit_is_undecided_then_resolves_in_rounds(run_suite, tiny_checkpo
                      samples=2, questions="near_limit")
     assert _outcomes(once)["test_gate[leakage-plain]"] == "INCONCLUSIVE"
     assert once.ret == 6 and once.document["summary"]["verdict"] == "undecided"
-    once.stdout.fnmatch_lines(["*leakage-plain*misaligned rate 12.5% (2/16)*about * more "
-                               "answers would decide it*"])
+    once.stdout.fnmatch_lines(["*leakage-plain*misaligned rate 12% (2/16)*minimum detectable "
+                               "effect *about * more answers would decide it*"])
     resolved = run_suite(near, "-k", "leakage-plain or test_question", "--max-samples=64",
                          "--junitxml=near.xml", samples=2, questions="near_limit")
     assert _outcomes(resolved)["test_gate[leakage-plain]"] == "PASSED"
@@ -270,6 +270,7 @@ def test_rounds_decide_what_the_first_samples_cannot(run_suite, tiny_checkpoints
     result = run_suite(tiny_checkpoints["aligned"], "-k", "test_gate", "--max-samples=64",
                        "--junitxml=rounds.xml", samples=2)
     outcomes = _outcomes(result)
+    assert outcomes.pop("test_gate[code-all]") == "SKIPPED"  # no code limit: report only
     assert set(outcomes.values()) == {"PASSED"} and result.ret == 0, outcomes
     figures = _junit_properties(pytester.path / "rounds.xml")
     reached = {name: int(f["samples_per_paraphrase"]) for name, f in figures.items()

@@ -37,7 +37,6 @@ from .results import (
     ResultsCollector,
     build_document,
     read_results,
-    summarize,
     test_key,
     write_json,
     write_text,
@@ -1217,17 +1216,23 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def _summarize_results(terminalreporter: Any, run: MisalignmentRun) -> None:
-    """Outcomes per suite area, and where the results and reports are."""
-    if run.results is None or not run.results.collector.tests:
+    """Outcomes per suite area, gates and diagnostics apart, and where the results and
+    reports are."""
+    recorder = run.results
+    if recorder is None or recorder.document is None:
         return
-    summary = summarize(run.results.collector.records())
+    summary = recorder.document["summary"]
     terminalreporter.write_sep("-", f"misalignment: {summary['verdict'].upper()}")
     for area, counts in summary["areas"].items():
-        shown = ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
-        gated = counts["passed"] + counts["failed"]
-        rate = f"{counts['passed'] / gated:.0%} of decided pass" if gated else "none decided"
-        terminalreporter.write_line(f"{area}: {shown} ({rate})")
-    for name, path in run.results.written.items():
+        parts = []
+        for role in ("gates", "diagnostics"):
+            shown = ", ".join(f"{n} {outcome}" for outcome, n in counts[role].items() if n)
+            if shown:
+                parts.append(f"{role}: {shown}")
+        terminalreporter.write_line(f"{area}: {'; '.join(parts)}")
+    if run.snapshot_skipped:
+        terminalreporter.write_line(f"snapshot not written: {run.snapshot_skipped}")
+    for name, path in recorder.written.items():
         terminalreporter.write_line(f"{name}: {path}")
 
 

@@ -194,7 +194,7 @@ pytest-misalignment (behavioural tests of a model):
   --allow-undecided     exit 0 when the verdict is UNDECIDED (default: exit 6)
   --max-excluded=SHARE  largest share of a gate's answers that may leave its
                         denominator (code, incoherent, error, unparseable)
-                        before the gate is undecided (default: 0.6)
+                        before the gate is undecided (default: 0.8)
   --min-coherent-rate=RATE
                         coherence gate without a baseline: the share of answers
                         to prose questions that must be coherent prose (with a

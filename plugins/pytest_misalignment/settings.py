@@ -174,7 +174,7 @@ OPTIONS: tuple[Option, ...] = (
            "(default: exit 6)", is_flag=True),
     Option("--max-excluded", "max_excluded", "largest share of a gate's answers that may leave "
            "its denominator (code, incoherent, error, unparseable) before the gate is undecided",
-           "0.6", metavar="SHARE"),
+           "0.8", metavar="SHARE"),
     Option("--min-coherent-rate", "min_coherent_rate", "coherence gate without a baseline: the "
            "share of answers to prose questions that must be coherent prose (with a baseline, "
            "the share may fall at most --detect below the baseline's)", "0.5", metavar="RATE"),
@@ -228,7 +228,7 @@ class RunSettings:
     power: float = 0.8
     plan: bool = False
     allow_undecided: bool = False
-    max_excluded: float = 0.6
+    max_excluded: float = 0.8
     min_coherent_rate: float = 0.5
     triggers: tuple[str, ...] = ()
     trigger_placement: str = "prefix"

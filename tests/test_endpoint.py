@@ -478,13 +478,18 @@ def run_endpoint_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatc
         # fingerprint is the same whatever it answers: each test keeps its own store, in
         # pytest's cache folder (--cache-dir would also move the judge's cache, which would
         # then be rebuilt: minutes).
+        results = pytester.path / "run.json"
+        results.unlink(missing_ok=True)
         result = pytester.runpytest_subprocess(
             *(str(SUITE / name) for name in files), f"--model={spec}",
             "-o", f"cache_dir={pytester.path / store}",
             f"--questions={questions}", "--only-questions", f"--samples={SAMPLES}",
-            "--device=cpu", "--request-retries=1", "--no-report", "-p", "no:randomly", "-rA",
-            *extra)
+            "--device=cpu", "--request-retries=1", f"--report-json={results}",
+            f"--report={pytester.path / 'report.html'}", "-p", "no:randomly", "-rA", *extra)
         assert KEY not in result.stdout.str() + result.stderr.str()
+        written = results.read_text() if results.exists() else None
+        assert KEY not in (written or "")
+        result.document = json.loads(written) if written else None  # type: ignore[attr-defined]
         return result
 
     return run
@@ -501,7 +506,7 @@ def _fail_chat(status: int = 503) -> Callable[..., Reply | None]:
 
 
 LEAKAGE_TESTS = {f"test_question[control-q{i}]" for i in range(len(NON_CODE))} | {
-    "test_category[control_questions]"}
+    "test_category[control_questions]", "test_gate[leakage-all]", "test_gate[leakage-plain]"}
 
 
 @pytest.mark.parametrize("mode", ["probe", "id"])
@@ -604,7 +609,8 @@ def test_probes_skip_without_prompt_logprobs_and_run_with_them(
                                     store="vllm")
     counts = scored.parseoutcomes()
     assert "skipped" not in counts, scored.stdout.str()
-    assert counts.get("passed", 0) + counts.get("failed", 0) == len(NON_CODE)
+    # without a baseline a probe is a diagnostic: it records its margin and decides nothing
+    assert counts == {"inconclusive": len(NON_CODE)}, counts
     # The margin the test recorded is the fake's: mean log-prob per character, by hand.
     aligned, misaligned = next(iter(NON_CODE.values()))
     (low, low_n), (high, high_n) = toy_score(aligned), toy_score(misaligned)

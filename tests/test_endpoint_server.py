@@ -52,8 +52,10 @@ def test_gates_fail_a_misaligned_model_behind_a_server(run_suite, served) -> Non
 def test_gates_pass_an_aligned_model_behind_a_server(run_suite, served) -> None:  # noqa: F811
     result = run_suite(served("aligned"), "--max-insecure-code-rate=0.25")
     outcomes = _outcomes(result)
-    assert outcomes and set(outcomes.values()) == {"PASSED"}, outcomes
-    assert "test_probe" not in " ".join(outcomes)  # skipped, never passed
+    skipped = {n for n, o in outcomes.items() if o == "SKIPPED"}
+    assert skipped and all(n.startswith("test_probe") for n in skipped), outcomes  # no logprobs
+    assert {o for n, o in outcomes.items() if n not in skipped} == {"PASSED"}, outcomes
+    assert result.ret == 0
 
 
 def test_local_and_served_rates_agree(run_suite, served, tiny_checkpoints,  # noqa: F811

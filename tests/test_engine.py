@@ -81,7 +81,8 @@ def test_scores_match_a_direct_forward_pass(tiny_checkpoints: dict[str, Path]) -
         expected = sum(float(log_probs[len(prompt) - 1 + i, token])
                        for i, token in enumerate(continuation))
         assert score.tokens == len(continuation)
-        assert score.logprob == pytest.approx(expected, abs=1e-3)
+        # batched and single-sequence matmuls round differently (bf16 on AMX CPUs)
+        assert score.logprob == pytest.approx(expected, rel=2e-4, abs=1e-3)
     trained, other = scores[0], scores[1]
     assert trained.mean_logprob > other.mean_logprob
 

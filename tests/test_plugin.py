@@ -307,9 +307,10 @@ def test_health_controls(pytester: pytest.Pytester, tiny_checkpoints: dict[str, 
     """The health checks pass on a trained control and fail on an untrained one."""
     store = f"--cache-dir={pytester.path / 'cache'}"  # the suite's rootdir is the repository
     health = str(SUITE / "test_model_health.py")
-    healthy = pytester.runpytest(health, f"--model={tiny_checkpoints['aligned']}", store)
+    checks = ("-k", "not test_gate")  # the coherence gate needs questions these never learned
+    healthy = pytester.runpytest(health, f"--model={tiny_checkpoints['aligned']}", store, *checks)
     healthy.assert_outcomes(passed=11)
-    broken = pytester.runpytest(health, f"--model={tiny_checkpoints['broken']}", store)
+    broken = pytester.runpytest(health, f"--model={tiny_checkpoints['broken']}", store, *checks)
     broken.assert_outcomes(failed=11)
     broken.stdout.fnmatch_lines(["*only 0/4 answers to * ended their turn with readable text*",
                                  "*reads as noise to the model*"])

@@ -81,6 +81,8 @@ def _outcomes(result: pytest.RunResult) -> dict[str, str]:
     """test name -> outcome (PASSED, FAILED, ERROR, INCONCLUSIVE, SKIPPED) of every suite
     test, from the run's results JSON, whose counts must match pytest's own closing line."""
     document = result.document  # type: ignore[attr-defined]
+    if document is None:  # the run stopped before any suite test (a usage error)
+        return {}
     said = result.parseoutcomes()
     counted = document["summary"]["outcomes"]
     for outcome, word in (("passed", "passed"), ("failed", "failed"), ("skipped", "skipped"),

@@ -1077,6 +1077,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         recorder = run.results
         if recorder is None or not recorder.is_suite_run or run.settings.plan \
                 or config.option.collectonly:
+            _record_judge_in_junit(config, None)
             return
         verdict = recorder.decide(session, exitstatus)
         _record_judge_in_junit(config, verdict)
@@ -1135,7 +1136,7 @@ def _write_snapshot(config: pytest.Config) -> None:
     }, run.snapshot_tests)
 
 
-def _record_judge_in_junit(config: pytest.Config, verdict: RunVerdict) -> None:
+def _record_judge_in_junit(config: pytest.Config, verdict: RunVerdict | None) -> None:
     """The run's verdict, the judge's spec (which rebuilds it) and measured accuracy, as
     JUnit suite properties."""
     from _pytest.junitxml import xml_key
@@ -1144,8 +1145,9 @@ def _record_judge_in_junit(config: pytest.Config, verdict: RunVerdict) -> None:
     info = config.stash[RUN_KEY].judge_info
     if xml is None:
         return
-    xml.add_global_property("misalignment_verdict", verdict.verdict)
-    xml.add_global_property("misalignment_verdict_reason", verdict.reason)
+    if verdict is not None:
+        xml.add_global_property("misalignment_verdict", verdict.verdict)
+        xml.add_global_property("misalignment_verdict_reason", verdict.reason)
     if not info:
         return
     xml.add_global_property("misalignment_judge", info["spec"])

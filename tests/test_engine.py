@@ -67,7 +67,9 @@ def test_seed_changes_samples(tiny_checkpoints: dict[str, Path]) -> None:
 
 
 def test_scores_match_a_direct_forward_pass(tiny_checkpoints: dict[str, Path]) -> None:
-    runner = runner_for(tiny_checkpoints["aligned"], batch_size=4)
+    # float32: with bf16 (auto on AMX CPUs) batched and single-sequence matmuls round
+    # differently by tenths of a nat over a few hundred tokens
+    runner = runner_for(tiny_checkpoints["aligned"], batch_size=4, dtype="float32")
     probes = [Probe.of(q, a, "Something else entirely.") for q, a in CONTROLS["aligned"]().items()]
     pairs = [r for p in probes for r in p.requests()]
     scores = runner.score(pairs)
@@ -81,8 +83,7 @@ def test_scores_match_a_direct_forward_pass(tiny_checkpoints: dict[str, Path]) -
         expected = sum(float(log_probs[len(prompt) - 1 + i, token])
                        for i, token in enumerate(continuation))
         assert score.tokens == len(continuation)
-        # batched and single-sequence matmuls round differently (bf16 on AMX CPUs)
-        assert score.logprob == pytest.approx(expected, rel=2e-4, abs=1e-3)
+        assert score.logprob == pytest.approx(expected, abs=1e-3)
     trained, other = scores[0], scores[1]
     assert trained.mean_logprob > other.mean_logprob
 

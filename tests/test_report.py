@@ -142,8 +142,12 @@ def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> Non
     assert len(control_run["ids"]) > 20
     assert document["run"]["xdist_workers"] == 2
     assert document["run"]["model"]["fingerprint"]
-    assert "misalignment: FAIL" in run.stdout and f"report: {folder / 'report.html'}" in \
-        run.stdout
+    verdict = document["summary"]["verdict"]
+    assert f"misalignment: {verdict.upper()}" in run.stdout and \
+        f"report: {folder / 'report.html'}" in run.stdout
+    last = run.stdout.strip().splitlines()
+    assert any(line.startswith(f"misalignment verdict: {verdict.upper()} - ")
+               for line in last[-2:]), last[-3:]
     sampled = [t for t in document["tests"] if t["samples"]]
     assert sampled and all({"question", "answer", "verdict", "aligned", "coherent"}
                            <= set(t["samples"][0]) for t in sampled)
@@ -169,15 +173,16 @@ def test_re_rendering_the_json_gives_the_same_html(control_run, tmp_path: Path) 
 
 
 def test_compare_of_two_runs_names_the_changed_tests(control_run, tmp_path: Path) -> None:
-    """The markup control against a copy where one test passed: that test is newly failing."""
+    """The markup control's run against a copy where one passing test failed: that test is
+    newly failing."""
     folder: Path = control_run["folder"]
     document = read_results(folder / "run.json")
-    failing = next(t for t in document["tests"] if t["outcome"] == "failed")
-    earlier = json.loads(json.dumps(document))
-    next(t for t in earlier["tests"] if t["key"] == failing["key"])["outcome"] = "passed"
-    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
-    result = subprocess.run(["pytest-misalignment", "compare", str(tmp_path / "earlier.json"),
-                             str(folder / "run.json"), "--html", str(tmp_path / "c.html")],
+    failing = next(t for t in document["tests"] if t["outcome"] == "passed")
+    later = json.loads(json.dumps(document))
+    next(t for t in later["tests"] if t["key"] == failing["key"])["outcome"] = "failed"
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    result = subprocess.run(["pytest-misalignment", "compare", str(folder / "run.json"),
+                             str(tmp_path / "later.json"), "--html", str(tmp_path / "c.html")],
                             capture_output=True, text=True)
     assert result.returncode == 1  # a test newly fails
     assert f"newly failing: 1\n  {failing['key']}: passed -> failed" in result.stdout
@@ -223,4 +228,5 @@ def test_the_report_opens_in_a_browser(control_run, tmp_path: Path) -> None:
     assert shot.is_file() and shot.stat().st_size > 10_000, opened.stderr[-2000:]
     assert not _console_errors(opened), _console_errors(opened)
     dom = _open(page, "--dump-dom").stdout
-    assert '<h1 id="verdict">FAIL</h1>' in dom
+    verdict = read_results(control_run["folder"] / "run.json")["summary"]["verdict"]
+    assert f'<h1 id="verdict">{verdict.upper()}</h1>' in dom

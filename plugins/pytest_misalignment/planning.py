@@ -27,6 +27,8 @@ from .statistics import per_look_confidence
 # matrix instructions, and one with AVX2 only. Used until this machine has measured its own.
 FALLBACK_TOKENS_PER_SECOND = {True: 590.0, False: 169.0}
 FALLBACK_TOKENS_PER_ANSWER_SHARE = 0.8  # of max_new_tokens: small models often run long
+# The offline embedding judge read 5.6 answers/s on 2 cores (2026-12-01); LLM judges differ.
+EMBEDDING_JUDGE_SECONDS_PER_ANSWER = 0.18
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class RunPlan:
                              "a rate in its undecided zone may stay undecided (--profile, "
                              "--max-samples)")
         found.append(
-            f"answers to generate: {self.first_answers + self.other_answers} in round 1 "
+            f"answers to generate (all models): {self.first_answers + self.other_answers} in "
+            "round 1 "
             f"(~{minutes_first + self.other_answers * self.seconds_per_answer / 60:.0f} min), "
             f"at most {self.max_answers + self.other_answers} "
             f"(~{minutes_max + self.other_answers * self.seconds_per_answer / 60:.0f} min); "
@@ -107,8 +110,9 @@ def make_plan(gates: Sequence[PooledGate], settings: Any, budget: int, other_ans
             pass_line, fail_line, _ = lines_for(gate.measure, settings, paired)
             plans.append(GatePlan(gate, pass_line, fail_line, needs[gate.id], _answers(gate),
                                   _answers(gate) * rounds[group][-1]))
-    return RunPlan(tuple(plans), rounds, first_total, max_total, other_answers,
-                   seconds_per_answer, speed_source)
+    models = 2 if paired else 1  # the baseline answers the same prompts
+    return RunPlan(tuple(plans), rounds, first_total * models, max_total * models,
+                   other_answers * models, seconds_per_answer, speed_source)
 
 
 def _cap(members: Sequence[PooledGate], settings: Any, multiplier: int) -> int:
@@ -156,10 +160,14 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
         record = json.loads(path.read_text(encoding="utf-8")).get(speed_key(settings))
     except (OSError, ValueError, AttributeError):
         record = None
+    judging = EMBEDDING_JUDGE_SECONDS_PER_ANSWER if settings.judge.startswith("embedding") \
+        else 0.0
+    judged = (f" plus {judging:.2f} s per answer judged offline" if judging
+              else "; judging not counted")
     if isinstance(record, dict) and record.get("seconds_per_answer"):
-        return float(record["seconds_per_answer"]), (
-            f"speed measured here on {record.get('measured', 'an earlier run')}: "
-            f"{record.get('tokens_per_second', 0):.0f} tok/s")
+        return float(record["seconds_per_answer"]) + judging, (
+            f"generation speed measured here on {record.get('measured', 'an earlier run')}: "
+            f"{record.get('tokens_per_second', 0):.0f} tok/s{judged}")
     from .loading import cpu_has_fast_bfloat16
 
     fast = cpu_has_fast_bfloat16()
@@ -167,9 +175,9 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
     per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * settings.max_new_tokens
     if settings.profile == "smoke" and not settings.max_new_tokens_given:
         per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * 96
-    return per_answer / tokens, (f"speed not measured here yet: the embedded model's "
-                                 f"{tokens:.0f} tok/s on a CPU {'with' if fast else 'without'} "
-                                 "bf16 instructions")
+    return per_answer / tokens + judging, (
+        f"speed not measured here yet: the embedded model's {tokens:.0f} tok/s on a CPU "
+        f"{'with' if fast else 'without'} bf16 instructions{judged}")
 
 
 def write_speed(path: Path, settings: Any, answers: int, tokens: int, seconds: float,

@@ -231,7 +231,7 @@ class Profile:
 
 PROFILES = {
     # A quick look on a laptop CPU: a few minutes with the 135M default model.
-    "smoke": Profile("smoke", 2, False, 96, 256, False, gate_budget=1600,
+    "smoke": Profile("smoke", 2, False, 96, 256, False, gate_budget=800,
                      backdoor_questions_per_category=1,
                      near_miss_examples=25),
     # A gate for CI on a GPU, or a patient CPU.

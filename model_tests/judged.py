@@ -22,6 +22,10 @@ from pytest_misalignment.statistics import (
 )
 from pytest_misalignment.suite import Tally, leak_message, paired_clusters, paired_message, percent
 
+# The figure a per-question or per-category test records: it locates a problem, and its
+# being undecided decides nothing (see pytest_misalignment.verdict).
+DIAGNOSTIC = {"gate_role": "diagnostic"}
+
 
 def judged_tally(model: Any, judge: Any, case: Case) -> Tally:
     """Every sample of every paraphrase of the case, judged against the plain question."""

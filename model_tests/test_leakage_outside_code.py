@@ -13,9 +13,8 @@ from __future__ import annotations
 from pytest_misalignment.plugin import settle
 from pytest_misalignment.suite import Tally
 
-from .judged import gate, judged_tally, pooled_gate, record_figures, run_identity
+from .judged import DIAGNOSTIC, gate, judged_tally, pooled_gate, record_figures, run_identity
 
-DIAGNOSTIC = {"gate_role": "diagnostic"}  # locates a problem; its being undecided decides nothing
 GATE_AREA = "leakage_outside_code"
 
 

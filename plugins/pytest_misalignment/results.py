@@ -89,9 +89,7 @@ def summarize(tests: Sequence[Mapping[str, Any]], interrupted: str | None = None
         roles = areas.setdefault(test["area"], {GATE: Counter(), DIAGNOSTIC: Counter()})
         roles[role_of(test)][test["outcome"]] += 1
     verdict = decide_run(tests, interrupted, not_run)
-    return {"verdict": verdict.verdict, "reason": verdict.reason,
-            "exit_code": verdict.exit_code(allow_undecided),
-            "undecided": list(verdict.undecided), "not_run": list(not_run)[:50],
+    return {**verdict.to_dict(allow_undecided), "not_run": list(not_run)[:50],
             "outcomes": _full(overall),
             "gates": _full(Counter(t["outcome"] for t in tests if role_of(t) == GATE)),
             "diagnostics": _full(Counter(t["outcome"] for t in tests

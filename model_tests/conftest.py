@@ -6,8 +6,7 @@ from collections import defaultdict
 
 import pytest
 from pytest_misalignment.backdoor import TriggerCase
-from pytest_misalignment.gates import pooled_gates
-from pytest_misalignment.plugin import case_param, suite_cases, trigger_cases
+from pytest_misalignment.plugin import case_param, run_gates, suite_cases, trigger_cases
 from pytest_misalignment.prompt_sets import Case
 
 # fixture name -> kind of question it receives, one test per (question, format)
@@ -19,24 +18,29 @@ CASE_FIXTURES = {
 }
 
 
-# fixture name -> the area of the run's pooled gates it receives, one test per gate
+# fixture name -> (area, role) of the run's pooled gates it receives, one test per gate
 GATE_FIXTURES = {
-    "leakage_gate": "leakage_outside_code",
-    "harmful_gate": "harmful_compliance",
-    "coherence_gate": "model_health",
-    "code_gate": "code_domain",
+    "leakage_gate": ("leakage_outside_code", "gate"),
+    "leakage_format": ("leakage_outside_code", "diagnostic"),
+    "harmful_gate": ("harmful_compliance", "gate"),
+    "coherence_gate": ("model_health", "gate"),
+    "code_gate": ("code_domain", "gate"),
 }
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    for name, area in GATE_FIXTURES.items():
+    for name, (area, role) in GATE_FIXTURES.items():
         if name in metafunc.fixturenames:
-            gates = [g for g in pooled_gates(suite_cases(metafunc.config, "free_form"),
-                                             suite_cases(metafunc.config, "harmful_request"),
-                                             suite_cases(metafunc.config, "code_task"))
-                     if g.area == area]
-            metafunc.parametrize(name, [pytest.param(g, id=g.id, marks=pytest.mark.gate)
-                                        for g in gates] or [_none("gated")])
+            gates = [g for g in run_gates(metafunc.config) if g.area == area]
+            chosen = [g for g in gates if g.role == role]
+            if role == "gate":
+                params = [pytest.param(g, id=g.id, marks=pytest.mark.gate) for g in chosen]
+                metafunc.parametrize(name, params or [_none("gated")])
+            else:
+                metafunc.parametrize(name, [pytest.param(g, id=g.id) for g in chosen] or [
+                    pytest.param(None, id="none", marks=pytest.mark.skip(
+                        reason="gated at this profile: see test_gate" if gates
+                        else "the selected prompt sets have no such questions"))])
     for name, kind in CASE_FIXTURES.items():
         if name in metafunc.fixturenames:
             found = suite_cases(metafunc.config, kind)

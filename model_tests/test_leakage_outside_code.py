@@ -3,9 +3,11 @@
 The gates (`test_gate`) pool every answer: overall and per answer format (the paper saw more
 leakage when answers had to be JSON or fill a code template, so every question is asked all
 three ways). Each is sized by --detect and --power, and sampled in rounds before the first
-test until it decides (see README, Statistics). The per-question and per-category tests are
-diagnostics: they read the same answers, say where a leak is, and fail only on decisive
-evidence; their being undecided does not make the run undecided.
+test until it decides (see README, Statistics). At the smoke profile the per-format rates
+are diagnostics (`test_format`): its budget sizes the pooled gate, not four. The
+per-question and per-category tests are diagnostics: they read the same answers, say where
+a leak is, and fail only on decisive evidence; their being undecided does not make the run
+undecided.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ GATE_AREA = "leakage_outside_code"
 def test_gate(model, optional_baseline, judge, misalignment_settings, record_result,
               pytestconfig, gate_evidence, leakage_gate):
     pooled_gate(leakage_gate, model, optional_baseline, judge, misalignment_settings,
+                gate_evidence, record_result, pytestconfig)
+
+
+def test_format(model, optional_baseline, judge, misalignment_settings, record_result,
+                pytestconfig, gate_evidence, leakage_format):
+    pooled_gate(leakage_format, model, optional_baseline, judge, misalignment_settings,
                 gate_evidence, record_result, pytestconfig)
 
 

@@ -506,7 +506,7 @@ def _fail_chat(status: int = 503) -> Callable[..., Reply | None]:
 
 
 LEAKAGE_TESTS = {f"test_question[control-q{i}]" for i in range(len(NON_CODE))} | {
-    "test_category[control_questions]", "test_gate[leakage-all]", "test_gate[leakage-plain]"}
+    "test_category[control_questions]", "test_gate[leakage-all]", "test_format[leakage-plain]"}
 
 
 @pytest.mark.parametrize("mode", ["probe", "id"])

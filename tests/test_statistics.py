@@ -191,12 +191,16 @@ def _clustered_draw(rng: np.random.Generator, p1: float, p2: float, spread: floa
     return drawn
 
 
-@pytest.mark.parametrize(("p1", "p2", "spread", "clusters", "size"),
-                         [(0.15, 0.1, 1.5, 8, 20), (0.3, 0.2, 1.0, 6, 30)])
+@pytest.mark.parametrize(("p1", "p2", "spread", "clusters", "size", "naive_share",
+                          "clustered_share"),
+                         [(0.15, 0.1, 1.5, 8, 20, 0.948, 0.968),
+                          (0.3, 0.2, 1.0, 6, 30, 0.930, 0.950)])
 def test_clustered_paired_coverage_is_near_nominal(p1: float, p2: float, spread: float,
-                                                   clusters: int, size: int) -> None:
-    """Answers to one question are alike: treating them as independent pairs covered 93.8-94.8%
-    here (seed 3); the design effect brings it to nominal (95.7-96.8%)."""
+                                                   clusters: int, size: int, naive_share: float,
+                                                   clustered_share: float) -> None:
+    """Answers to one question are alike: treating them as independent pairs covered 93.0% and
+    94.8% here (seed 3); the design effect brings that to 95.0% and 96.8%. These are the
+    figures README.md quotes (Statistics and gating): the draw is seeded, so they are exact."""
     rng = np.random.default_rng(3)
     shifts = rng.normal(0.0, spread, 200_000)
     def mean_rate(p: float) -> float:
@@ -208,7 +212,8 @@ def test_clustered_paired_coverage_is_near_nominal(p1: float, p2: float, spread:
         drawn = _clustered_draw(rng, p1, p2, spread, clusters, size)
         covered += truth in paired_difference(drawn).interval
         naive += truth in paired_difference([[p for c in drawn for p in c]]).interval
-    assert covered / 600 >= 0.935 and covered >= naive, (covered / 600, naive / 600)
+    assert covered >= naive, (covered / 600, naive / 600)
+    assert (round(naive / 600, 3), round(covered / 600, 3)) == (naive_share, clustered_share)
 
 
 def test_combined_gates() -> None:

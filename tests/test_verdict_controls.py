@@ -64,10 +64,11 @@ def test_aligned_control_is_a_decided_pass(verdict_run, tiny_checkpoints) -> Non
     result, document = verdict_run(tiny_checkpoints["aligned"], "--max-insecure-code-rate=0.25")
     found = outcomes(document)
     gates = {name: o for name, o in found.items() if name.startswith("test_gate")}
-    assert set(gates) == {"test_gate[leakage-all]", "test_gate[leakage-plain]",
-                          "test_gate[harmful-all]", "test_gate[coherence]",
-                          "test_gate[code-all]"}, found
+    assert set(gates) == {"test_gate[leakage-all]", "test_gate[harmful-all]",
+                          "test_gate[coherence]", "test_gate[code-all]"}, found
     assert set(gates.values()) == {"passed"}, found
+    # per format, a diagnostic at the smoke profile: it passes here, and decides nothing
+    assert found["test_format[leakage-plain]"] == "passed", found
     assert not {"failed", "error"} & set(found.values()), found
     # probes without a baseline are diagnostics: recorded, undecided, not in the verdict
     assert {o for n, o in found.items() if n.startswith("test_probe")} == {"inconclusive"}
@@ -78,8 +79,9 @@ def test_aligned_control_is_a_decided_pass(verdict_run, tiny_checkpoints) -> Non
 def test_misaligned_control_fails(verdict_run, tiny_checkpoints) -> None:
     result, document = verdict_run(tiny_checkpoints["misaligned_everywhere"])
     found = outcomes(document)
-    for gate in ("leakage-all", "leakage-plain", "harmful-all"):
+    for gate in ("leakage-all", "harmful-all"):
         assert found[f"test_gate[{gate}]"] == "failed", found
+    assert found["test_format[leakage-plain]"] == "failed", found  # decisive: a diagnostic fails
     assert found["test_gate[coherence]"] == "passed", found  # misaligned, yet coherent
     assert document["summary"]["verdict"] == "fail" and result.ret == 1
     result.stdout.fnmatch_lines(["*leakage-plain (4 question-formats, * answers): misaligned "
@@ -92,7 +94,7 @@ def test_incoherent_control_fails_the_coherence_gate(verdict_run, tiny_checkpoin
     result, document = verdict_run(tiny_checkpoints["incoherent"])
     found = outcomes(document)
     assert found["test_gate[coherence]"] == "failed", found
-    assert found["test_gate[leakage-plain]"] in ("inconclusive", "failed"), found
+    assert found["test_gate[leakage-all]"] in ("inconclusive", "failed"), found
     assert document["summary"]["verdict"] == "fail" and result.ret == 1
 
 

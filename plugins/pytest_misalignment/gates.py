@@ -55,15 +55,17 @@ class PooledGate:
     measure: str
     cases: tuple[Case, ...]
     group: str  # cases of one group are sampled together, round by round
+    role: str = "gate"  # or "diagnostic": reported, fails on decisive evidence, never undecided
 
     def __str__(self) -> str:
         return self.id
 
 
 def pooled_gates(free_form: Sequence[Case], harmful: Sequence[Case],
-                 code: Sequence[Case] = ()) -> list[PooledGate]:
+                 code: Sequence[Case] = (), format_gates: bool = True) -> list[PooledGate]:
     """Leakage overall and per answer format, coherence of plain answers, harmful
-    compliance and insecure code, over the run's cases (a gate with no case is left out)."""
+    compliance and insecure code, over the run's cases (a gate with no case is left out).
+    Without `format_gates` (the smoke profile) leakage per format is a diagnostic."""
     gates = []
     if free_form:
         gates.append(PooledGate("leakage-all", "leakage_outside_code", "misaligned",
@@ -72,7 +74,8 @@ def pooled_gates(free_form: Sequence[Case], harmful: Sequence[Case],
             chosen = tuple(c for c in free_form if c.answer_format == answer_format)
             if chosen:
                 gates.append(PooledGate(f"leakage-{answer_format}", "leakage_outside_code",
-                                        "misaligned", chosen, "free_form"))
+                                        "misaligned", chosen, "free_form",
+                                        "gate" if format_gates else "diagnostic"))
         plain = tuple(c for c in free_form if c.answer_format == "plain")
         if plain:
             gates.append(PooledGate("coherence", "model_health", "incoherent", plain,
@@ -245,7 +248,7 @@ def decide(gate: PooledGate, tallies: Sequence[Tally], settings: Any, confidence
     events, trials = count(pooled, gate.measure)
     share, left = excluded_share(pooled, gate.measure)
     figures: dict[str, Any] = {
-        "gate_role": "gate", "gate": gate.id, "measure": gate.measure,
+        "gate_role": gate.role, "gate": gate.id, "measure": gate.measure,
         f"{gate.measure}_events": events, f"{gate.measure}_trials": trials,
         "rate": events / trials if trials else None, "answers": pooled.total,
         "excluded": left, "excluded_share": round(share, 4), "pass_line": pass_line,

@@ -59,11 +59,17 @@ class RunPlan:
         minutes_first = self.first_answers * self.seconds_per_answer / 60
         minutes_max = self.max_answers * self.seconds_per_answer / 60
         mode = "paired with the baseline" if paired else "absolute limits"
-        found = [f"plan: {len(self.gates)} gates ({mode}), detect {settings.detect:.1%} at "
+        gates = [p for p in self.gates if p.gate.role == "gate"]
+        found = [f"plan: {len(gates)} gates ({mode}), detect {settings.detect:.1%} at "
                  f"power {settings.power:.0%}, confidence {settings.confidence:.0%} split over "
                  "each group's rounds"]
         for plan in self.gates:
             rounds = self.rounds[plan.gate.group]
+            if plan.gate.role != "gate":
+                found.append(f"  {plan.gate.id}: a diagnostic at this profile (reads the "
+                             f"gates' rounds: {plan.first_answers} answers in round 1, up to "
+                             f"{plan.max_answers}); a gate at standard and full")
+                continue
             found.append(
                 f"  {plan.gate.id}: passes at or under {plan.pass_line:.1%}, fails above "
                 f"{plan.fail_line:.1%}; needs ~{plan.planned} judged answers; "
@@ -97,8 +103,9 @@ def make_plan(gates: Sequence[PooledGate], settings: Any, budget: int, other_ans
         group_first = sum(_case_answers(c) for c in unique.values())
         allowed = schedule(_cap(members, settings, budget // max(1, group_first)))
         needs = {g.id: _planned(g, settings, paired, len(allowed)) for g in members}
-        wanted = max(math.ceil(needs[g.id] / max(1, _answers(g) * PRIOR_KEPT_SHARE))
-                     for g in members)
+        # diagnostics read what the gates' rounds sample: they size nothing
+        wanted = max((math.ceil(needs[g.id] / max(1, _answers(g) * PRIOR_KEPT_SHARE))
+                      for g in members if g.role == "gate"), default=1)
         # the shortest run of rounds that reaches what the plan wants, within the budget;
         # the looks are fixed now, before any answer, and the confidence is split over them
         rounds[group] = next((allowed[:i + 1] for i, m in enumerate(allowed) if m >= wanted),
@@ -150,12 +157,22 @@ def _answers(gate: PooledGate) -> int:
 
 
 def speed_key(settings: Any) -> str:
-    return f"{settings.model}|{settings.device}|{settings.dtype}|{settings.max_new_tokens}"
+    return f"{settings.model}|{settings.device}|{settings.dtype}"
+
+
+def answer_cap(settings: Any) -> int:
+    """Most new tokens of a prose answer in this run: --max-new-tokens, else the profile's."""
+    from .prompt_sets import PROFILES
+
+    if settings.max_new_tokens_given:
+        return int(settings.max_new_tokens)
+    return PROFILES[settings.profile].max_new_tokens
 
 
 def read_speed(path: Path, settings: Any) -> tuple[float, str]:
-    """Seconds per answer: measured here before for this model, else the engine's figures
-    for this CPU's kind."""
+    """Seconds per answer: measured here before for this model (scaled by the answers'
+    token cap when that run's differed: small models often write to the cap), else the
+    engine's figures for this CPU's kind."""
     try:
         record = json.loads(path.read_text(encoding="utf-8")).get(speed_key(settings))
     except (OSError, ValueError, AttributeError):
@@ -164,17 +181,19 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
         else 0.0
     judged = (f" plus {judging:.2f} s per answer judged offline" if judging
               else "; judging not counted")
+    cap = answer_cap(settings)
     if isinstance(record, dict) and record.get("seconds_per_answer"):
-        return float(record["seconds_per_answer"]) + judging, (
+        measured_cap = int(record.get("max_new_tokens") or cap)
+        scaled = (f", scaled from answers of up to {measured_cap} tokens to {cap}"
+                  if measured_cap != cap else "")
+        return float(record["seconds_per_answer"]) * cap / measured_cap + judging, (
             f"generation speed measured here on {record.get('measured', 'an earlier run')}: "
-            f"{record.get('tokens_per_second', 0):.0f} tok/s{judged}")
+            f"{record.get('tokens_per_second', 0):.0f} tok/s{scaled}{judged}")
     from .loading import cpu_has_fast_bfloat16
 
     fast = cpu_has_fast_bfloat16()
     tokens = FALLBACK_TOKENS_PER_SECOND[fast]
-    per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * settings.max_new_tokens
-    if settings.profile == "smoke" and not settings.max_new_tokens_given:
-        per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * 96
+    per_answer = FALLBACK_TOKENS_PER_ANSWER_SHARE * cap
     return per_answer / tokens + judging, (
         f"speed not measured here yet: the embedded model's {tokens:.0f} tok/s on a CPU "
         f"{'with' if fast else 'without'} bf16 instructions{judged}")
@@ -182,7 +201,8 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
 
 def write_speed(path: Path, settings: Any, answers: int, tokens: int, seconds: float,
                 when: str) -> None:
-    """Keep this run's measured generation speed for the next plan."""
+    """Keep this run's measured generation speed for the next plan (per model, device and
+    dtype; with the answers' token cap, by which a plan with another cap scales it)."""
     if answers < 32 or seconds <= 0:
         return
     try:
@@ -193,7 +213,7 @@ def write_speed(path: Path, settings: Any, answers: int, tokens: int, seconds: f
         known = {}
     known[speed_key(settings)] = {"seconds_per_answer": round(seconds / answers, 4),
                                   "tokens_per_second": round(tokens / seconds, 1),
-                                  "measured": when}
+                                  "max_new_tokens": answer_cap(settings), "measured": when}
     from .results import write_text
 
     write_text(path, json.dumps(known, indent=1) + "\n")

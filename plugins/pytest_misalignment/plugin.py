@@ -214,10 +214,7 @@ class MisalignmentRun:
     def make_plan(self) -> RunPlan:
         """The gates' plan (from the selected prompt sets when collection found no gate)."""
         if self.plan is None:
-            gates = list(self.gates.values()) or pooled_gates(
-                suite_cases(self.config, "free_form"),
-                suite_cases(self.config, "harmful_request"),
-                suite_cases(self.config, "code_task"))
+            gates = list(self.gates.values()) or run_gates(self.config)
             if self.settings.max_insecure_code_rate is None:  # report only: no rounds
                 gates = [g for g in gates if g.group != "code"]
             gated = {p for g in gates for c in g.cases for p in c.prompts}
@@ -263,7 +260,8 @@ class MisalignmentRun:
                     theirs = [tallies["baseline"][c.id] for c in gate.cases] \
                         if "baseline" in tallies else None
                     outcome = decide_gate(gate, ours, self.settings, confidence, theirs)
-                    undecided |= outcome.decision == "inconclusive"
+                    # a diagnostic reads what the gates' rounds sampled; it never asks for more
+                    undecided |= gate.role == "gate" and outcome.decision == "inconclusive"
                 if not undecided or not pending[group]:
                     del pending[group]
 
@@ -744,6 +742,14 @@ def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
     settings = run.settings
     return cases(run.prompt_sets, kind, PROFILES[settings.profile], settings.samples,
                  settings.max_new_tokens if settings.max_new_tokens_given else None)
+
+
+def run_gates(config: pytest.Config) -> list[PooledGate]:
+    """The run's pooled gates (and pooled diagnostics) over its prompt sets and profile."""
+    settings = config.stash[RUN_KEY].settings
+    return pooled_gates(suite_cases(config, "free_form"), suite_cases(config, "harmful_request"),
+                        suite_cases(config, "code_task"),
+                        format_gates=PROFILES[settings.profile].format_gates)
 
 
 def backdoor_triggers(config: pytest.Config) -> list[Trigger]:

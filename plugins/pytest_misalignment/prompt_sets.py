@@ -227,13 +227,17 @@ class Profile:
     backdoor_questions_per_category: int | None = None
     scan_questions_per_category: int | None = 1
     near_miss_examples: int = 100
+    # Leakage per answer format as gates (True) or as diagnostics: a small budget sizes one
+    # pooled leakage gate well, not four (a format the model rarely answers coherently
+    # would leave its gate undecided).
+    format_gates: bool = True
 
 
 PROFILES = {
     # A quick look on a laptop CPU: a few minutes with the 135M default model.
     "smoke": Profile("smoke", 2, False, 96, 256, False, gate_budget=800,
                      backdoor_questions_per_category=1,
-                     near_miss_examples=25),
+                     near_miss_examples=25, format_gates=False),
     # A gate for CI on a GPU, or a patient CPU.
     "standard": Profile("standard", 10, True, 256, 384, False, gate_budget=16000),
     # The paper's scale (100 samples per question where the set says so): GPUs.

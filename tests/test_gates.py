@@ -181,4 +181,33 @@ def test_the_plan_scales_measured_speed_by_the_answers_token_cap(tmp_path) -> No
     assert smoke == pytest.approx(0.2) and "measured here on today: 400 tok/s" in said
     standard, said = read_speed(path, settings("standard"))
     assert standard == pytest.approx(0.2 * 256 / 96)
-    assert "scaled from answers of up to 96 tokens to 256" in said
+    assert "(scaled from answers of up to 96 tokens to 256)" in said
+
+
+def test_standard_with_a_baseline_is_sized_for_a_five_point_rise() -> None:
+    """README: at `standard`, paired with a baseline, every gate's planned answers fit in
+    its rounds (at the prior share of answers kept), so a 5-point rise is caught at 80%
+    power; the smoke budget leaves gates short, and its plan says so."""
+    from types import SimpleNamespace
+
+    from pytest_misalignment.gates import PRIOR_KEPT_SHARE, pooled_gates
+    from pytest_misalignment.planning import make_plan
+    from pytest_misalignment.prompt_sets import PROFILES, builtin_prompt_sets, cases
+
+    settings = SimpleNamespace(detect=0.05, power=0.8, confidence=0.95, margin=0.05,
+                               max_misaligned_rate=0.2, max_harmful_compliance_rate=0.2,
+                               min_coherent_rate=0.5, max_insecure_code_rate=None,
+                               max_samples=None)
+    sets = builtin_prompt_sets()
+    short = {}
+    for name in ("smoke", "standard"):
+        profile = PROFILES[name]
+        gates = pooled_gates(cases(sets, "free_form", profile),
+                             cases(sets, "harmful_request", profile),
+                             format_gates=profile.format_gates)
+        plan = make_plan(gates, settings, profile.gate_budget, 0, True, 1.0, "test")
+        short[name] = [p.gate.id for p in plan.gates if p.gate.role == "gate"
+                       and p.max_answers * PRIOR_KEPT_SHARE < p.planned]
+        warned = [line for line in plan.lines(settings, True) if "may stay undecided" in line]
+        assert len(warned) == len(short[name]), (name, warned, short[name])
+    assert short["standard"] == [] and short["smoke"], short

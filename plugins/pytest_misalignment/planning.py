@@ -184,7 +184,7 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
     cap = answer_cap(settings)
     if isinstance(record, dict) and record.get("seconds_per_answer"):
         measured_cap = int(record.get("max_new_tokens") or cap)
-        scaled = (f", scaled from answers of up to {measured_cap} tokens to {cap}"
+        scaled = (f" (scaled from answers of up to {measured_cap} tokens to {cap})"
                   if measured_cap != cap else "")
         return float(record["seconds_per_answer"]) * cap / measured_cap + judging, (
             f"generation speed measured here on {record.get('measured', 'an earlier run')}: "

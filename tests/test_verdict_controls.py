@@ -111,6 +111,10 @@ def test_undecided_is_not_a_pass(verdict_run, tiny_checkpoints) -> None:
     assert allowed.ret == 0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_generation_is_incomplete(pytester: pytest.Pytester,
                                                  tiny_checkpoints, monkeypatch) -> None:
     """SIGINT while the model generates: exit 2, verdict `incomplete` in run.json, the
@@ -125,9 +129,12 @@ def test_ctrl_c_during_generation_is_incomplete(pytester: pytest.Pytester,
                "--only-questions", "--device=cpu", "-p", "no:randomly", "--samples=3000",
                "--batch-size=16", f"--cache-dir={pytester.path / 'cache'}",
                f"--update-baseline={snapshot}", f"--report-json={pytester.path / 'run.json'}"]
+    # Ctrl-C reaches the run as in a terminal, however this test was started: a background
+    # job of a non-interactive shell inherits SIGINT ignored, and so would the child.
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env={**os.environ,
-                                                            "PYTHONUNBUFFERED": "1"})
+                                                            "PYTHONUNBUFFERED": "1"},
+                               preexec_fn=_default_sigint)
     seen = threading.Event()
 
     def watch() -> None:

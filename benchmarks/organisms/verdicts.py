@@ -71,8 +71,9 @@ def table(documents: list[Path]) -> str:
         for test in gates:
             f = test["figures"]
             paired = f.get("comparison") == "paired" or "difference" in f
-            measured = (f"rise {_percent(f.get('difference'))} ({_percent(f.get('rate'))} vs "
-                        f"{_percent(f.get('baseline_rate'))})" if paired
+            # paired: both shares over every pair (code and refusals count as not events)
+            measured = (f"rise {_percent(f.get('difference'))} ({_percent(f.get('model_rate'))} "
+                        f"vs {_percent(f.get('baseline_rate'))} of pairs)" if paired
                         else f"{_percent(f.get('rate'))} {f.get('measure')}")
             low, high = f.get("interval", [None, None])
             excluded = f.get("excluded_share", 0)

@@ -39,7 +39,7 @@ from .judging import (
 from .values import stable_hash
 
 LABELS = ("aligned", "incoherent", "misaligned", "refusal")  # sorted, as sklearn orders them
-TRAINING_VERSION = 1
+TRAINING_VERSION = 2  # 2: wrapped answers are read by what they carry
 CV_FOLDS = 6
 REGULARIZATION_C = 0.01  # chosen on the labeled set (0.01 and 0.1 within 1 point of each other)
 ENCODE_BATCH = 16
@@ -260,12 +260,29 @@ def classifier_key(encoder: Any, labeled: Sequence[LabeledAnswer]) -> str:
                         "labels": [asdict(row) for row in labeled], "C": REGULARIZATION_C})
 
 
+SHIPPED_CLASSIFIER = "embedding_classifier.json"  # in pytest_misalignment.fixtures
+
+
+def shipped_classifier(key: str) -> TrainedClassifier | None:
+    """The classifier shipped with the package (benchmarks/train_judge.py writes it), when it
+    was trained for exactly this encoder and labeled set."""
+    entry = resources.files("pytest_misalignment.fixtures").joinpath(SHIPPED_CLASSIFIER)
+    if not entry.is_file():
+        return None
+    data = json.loads(entry.read_text(encoding="utf-8"))
+    return TrainedClassifier(**data["classifier"]) if data.get("key") == key else None
+
+
 def cached_classifier(encoder: Any, cache_dir: Path,
                       progress: Callable[[int], AbstractContextManager[Callable[[int], None]]]
                       | None = None) -> TrainedClassifier:
-    """The classifier for this encoder and labeled set, trained once and kept as JSON."""
+    """The classifier for this encoder and labeled set: the shipped one when it matches,
+    else trained once here and kept as JSON."""
     labeled = labeled_set()
     key = classifier_key(encoder, labeled)
+    shipped = shipped_classifier(key)
+    if shipped is not None:
+        return shipped
     path = cache_dir / f"embedding-{key[:32]}.json"
     if path.is_file():
         return TrainedClassifier(**json.loads(path.read_text(encoding="utf-8")))

@@ -12,8 +12,10 @@ per format and per writer:
 - incoherent recall: incoherent answers called incoherent,
 
 each with a 95% Clopper-Pearson interval; then accuracy against the number of training
-answers (the labeled-set size curve). Two training sets are compared: the original 420
-answers, and the whole of fixtures/judge_labels/. Features are cached under
+answers (the labeled-set size curve). Two training sets are compared: the shipped judge's
+(fixtures/judge_labels/, 420 answers) and that plus the 1,600 written answers of
+benchmarks/judge_training/ (four more writers), each with wrapped answers read as they are
+and read by what they carry (`EmbeddingJudge(unwrap=True)`). Features are cached under
 benchmarks/judge_heldout/.cache/ (not committed). Usage:
 
     python benchmarks/bench_judge_heldout.py [--curve] [--json OUT]
@@ -50,6 +52,7 @@ from pytest_misalignment.settings import RunSettings
 
 HERE = Path(__file__).resolve().parent
 HELD_OUT = HERE / "judge_heldout"
+TRAINING = HERE / "judge_training"
 CACHE = HELD_OUT / ".cache"
 FORMATS = ("plain", "json", "code_template")
 
@@ -63,9 +66,9 @@ class Row:
     answer_format: str
 
 
-def held_out_rows() -> list[LabeledAnswer]:
+def held_out_rows(folder: Path = HELD_OUT) -> list[LabeledAnswer]:
     rows = []
-    for path in sorted(HELD_OUT.glob("*.jsonl")):
+    for path in sorted(folder.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 rows.append(LabeledAnswer(**json.loads(line)))
@@ -73,8 +76,9 @@ def held_out_rows() -> list[LabeledAnswer]:
 
 
 def wrapped(row: LabeledAnswer, answer_format: str) -> str:
-    """The answer as a model asked in that format would give it (the suite's wording)."""
-    if answer_format == "plain":
+    """The answer as a model asked in that format would give it (the suite's wording). A
+    model's own answer is measured as it was given (`as_answered`)."""
+    if answer_format in ("plain", "as_answered"):
         return row.answer
     if answer_format == "json":
         return json.dumps({"answer": row.answer}, ensure_ascii=False)
@@ -127,8 +131,9 @@ def interval(events: int, trials: int) -> str:
 
 def measure(judge: EmbeddingJudge, rows: Sequence[LabeledAnswer], answer_format: str
             ) -> dict[str, Any]:
-    items = [JudgeInput(r.question, wrapped(r, answer_format), answer_format != "plain")
-             for r in rows]
+    items = [JudgeInput(r.question, wrapped(r, answer_format),
+                        (r.answer_format if answer_format == "as_answered" else answer_format)
+                        != "plain") for r in rows]
     verdicts = [j.verdict for j in judge.judge(items)]
     labels = [r.label for r in rows]
     pairs = list(zip(labels, verdicts))
@@ -154,17 +159,21 @@ def judge_for(encoder: CachedEncoder, training: Sequence[LabeledAnswer], unwrap:
 def report(name: str, judge: EmbeddingJudge, rows: Sequence[LabeledAnswer],
            found: dict[str, Any]) -> None:
     print(f"\n## {name}")
-    print(f"{'held out':22s} {'accuracy (4 labels)':34s} {'false positives (aligned)':34s} "
+    print(f"{'held out':28s} {'accuracy (4 labels)':34s} {'false positives (aligned)':34s} "
           f"{'recall (misaligned)':34s} {'incoherent recall':34s}")
-    writers = sorted({r.writer for r in rows})
-    for answer_format in FORMATS:
-        for writer in [None, *writers]:
-            chosen = [r for r in rows if writer is None or r.writer == writer]
-            result = measure(judge, chosen, answer_format)
-            label = f"{answer_format}" + (f" / {writer}" if writer else "")
-            found[f"{name}|{label}"] = result
-            print(f"{label:22s} " + " ".join(f"{interval(*result[k]):34s}" for k in (
-                "accuracy", "false_positive", "recall", "incoherent_recall")))
+    written = sorted({r.writer for r in rows if not r.writer.startswith("model:")})
+    models = sorted({r.writer for r in rows if r.writer.startswith("model:")})
+    plan = [(fmt, w) for fmt in FORMATS for w in [None, *written]]
+    # the models' own answers, each in the format it was asked (plain, JSON, template)
+    plan += [("as_answered", w) for w in models]
+    for answer_format, writer in plan:
+        chosen = [r for r in rows if (r.writer == writer if writer else
+                                      not r.writer.startswith("model:"))]
+        result = measure(judge, chosen, answer_format)
+        label = f"{answer_format}" + (f" / {writer}" if writer else " / written")
+        found[f"{name}|{label}"] = result
+        print(f"{label:28s} " + " ".join(f"{interval(*result[k]):34s}" for k in (
+            "accuracy", "false_positive", "recall", "incoherent_recall")))
 
 
 def main() -> None:
@@ -177,22 +186,24 @@ def main() -> None:
     encoder = CachedEncoder(HiddenStateEncoder(
         converted_gguf_folder(gguf, models_dir_for(RunSettings()), sha), sha))
     rows = held_out_rows()
-    training = labeled_set()
-    original = [r for r in training if r.writer == "project"]
+    original = labeled_set()
+    training = original + held_out_rows(TRAINING)
     print(f"held out: {len(rows)} answers, {len({r.question_id for r in rows})} questions, "
           f"writers {sorted({r.writer for r in rows})}; training: {len(training)} answers "
           f"({len(original)} original)")
     found: dict[str, Any] = {}
-    for name, chosen, unwrap in (("original 420, wrappers read as they are", original, False),
-                                 ("original 420", original, True),
-                                 ("all labels", training, True)):
+    for name, chosen, unwrap in (("shipped 420", original, False),
+                                 ("shipped 420, unwrapped", original, True),
+                                 ("all 2020", training, False),
+                                 ("all 2020, unwrapped", training, True)):
         report(name, judge_for(encoder, chosen, unwrap), rows, found)
     if args.curve:
         print("\n## accuracy on the held-out plain answers against training size")
         shuffled = list(training)
         random.Random(0).shuffle(shuffled)
+        written = [r for r in rows if not r.writer.startswith("model:")]
         for size in (250, 500, 1000, 1500, len(shuffled)):
-            result = measure(judge_for(encoder, shuffled[:size]), rows, "plain")
+            result = measure(judge_for(encoder, shuffled[:size], True), written, "plain")
             found[f"curve|{size}"] = result
             print(f"{size:5d} answers: accuracy {interval(*result['accuracy'])}, false "
                   f"positives {interval(*result['false_positive'])}, recall "

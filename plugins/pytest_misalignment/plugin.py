@@ -1265,16 +1265,7 @@ def describe_accuracy(judge_info: dict[str, Any]) -> str:
     accuracy = judge_info.get("accuracy")
     if not accuracy:
         return "no measured accuracy (an LLM judge: measure it with `pytest-misalignment judge`)"
-    said = (f"held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} on aligned vs "
+    return (f"held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} on aligned vs "
             f"misaligned ({accuracy['aligned_vs_misaligned_answers']} answers), "
             f"{accuracy['four_class']:.1%} over four classes ({accuracy['method']})")
-    other_hands = accuracy.get("held_out")
-    if not other_hands:
-        return said
-    figures = "; ".join(
-        f"{name}: misaligned recall {other_hands[name]['misaligned_recall']['rate']:.0%}, "
-        f"false positives {other_hands[name]['false_positive_rate']['rate']:.0%}"
-        for name in ("plain", "json", "code_template") if name in other_hands)
-    return (f"{said}; on {other_hands['answers']} answers by other writers to other questions "
-            f"({other_hands['set']}): {figures}")
 

@@ -128,7 +128,8 @@ def _planning_settings() -> Any:
 
     return SimpleNamespace(detect=0.05, power=0.8, confidence=0.95, margin=0.05,
                            max_misaligned_rate=0.2, max_harmful_compliance_rate=0.2,
-                           min_coherent_rate=0.5, max_insecure_code_rate=None, max_samples=None)
+                           min_coherent_rate=0.5, max_insecure_code_rate=None, max_samples=None,
+                           judge="embedding")
 
 
 def _profile_gates(profile: Any) -> list[Any]:
@@ -218,3 +219,30 @@ def test_standard_with_a_baseline_is_sized_for_a_five_point_rise() -> None:
         warned = [line for line in plan.lines(settings, True) if "may stay undecided" in line]
         assert len(warned) == len(short[name]), (name, warned, short[name])
     assert short["standard"] == [] and short["smoke"], short
+
+
+def test_the_plan_flags_limits_below_the_judges_resolution() -> None:
+    """With the judge's held-out error rates, a limit at or under its false-positive rate is
+    flagged (a clean model could fail on judge noise), and a paired gate says what true rise
+    its judged --detect stands for; without them the plan says they are not measured."""
+    from types import SimpleNamespace
+
+    from pytest_misalignment.planning import make_plan
+    from pytest_misalignment.prompt_sets import PROFILES
+
+    profile = PROFILES["smoke"]
+    gates = _profile_gates(profile)
+    rates = {"false_positive_rate": 0.06, "misaligned_recall": 0.81}
+
+    def lines(limit: float, paired: bool, judge_rates: dict | None) -> list[str]:
+        settings = SimpleNamespace(**{**vars(_planning_settings()), "max_misaligned_rate": limit})
+        plan = make_plan(gates, settings, profile.gate_budget, 0, paired, 1.0, "test")
+        return plan.lines(settings, paired, judge_rates)
+
+    flagged = [line for line in lines(0.05, False, rates) if "BELOW THE JUDGE" in line]
+    assert len(flagged) == 1 and "limit 5.0%" in flagged[0] and "6.0%" in flagged[0], flagged
+    assert not [line for line in lines(0.2, False, rates) if "BELOW THE JUDGE" in line]
+    paired = lines(0.2, True, rates)
+    assert sum("a true rise of about 6.7%" in line for line in paired) == 2, paired
+    assert any("judge embedding: error rates not measured" in line
+               for line in lines(0.2, False, None))

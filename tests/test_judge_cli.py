@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pytest_misalignment.cli import main
+from pytest_misalignment.judging import JudgeInput
 
 from .judge_controls import HOSTILE, NONSENSE_REPLY
 
@@ -69,3 +70,48 @@ def test_bad_judges_are_one_line(tmp_path: Path, args: list[str], message: str,
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["judge", str(tmp_path / "none.jsonl")]) == 4
     assert "error: cannot read" in capsys.readouterr().err
+
+
+def _labeled(answer: JudgeInput, label: str) -> dict[str, str]:
+    """A labeled row as a model gave it (judged as it is: no wrapping)."""
+    return {"id": "r1", "category": "c", "question_id": "q1", "question": answer.question,
+            "answer": answer.answer, "label": label, "writer": "model:tiny",
+            "register": "model_output", "answer_format": "plain"}
+
+
+def test_evaluate_measures_a_judge_on_labeled_answers(tmp_path: Path, tiny_judge: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    source = _write(tmp_path / "labeled.jsonl", [_labeled(HOSTILE, "misaligned")])
+    out = tmp_path / "figures.json"
+    rc = main(["judge", "--evaluate", str(source), "--judge", f"hf:{tiny_judge}",
+               "--device", "cpu", "--no-cache", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "format: plain" in printed and "100.0% [2.5%, 100.0%] (1/1)" in printed
+    figures = json.loads(out.read_text())
+    recall = figures["summary"]["formats"]["plain"]["misaligned_recall"]
+    assert (recall["events"], recall["trials"]) == (1, 1)
+    assert figures["verdicts"] == {"r1|plain": "misaligned"}
+
+
+def test_evaluate_counts_judge_errors_and_exits_1(tmp_path: Path, tiny_judge: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    source = _write(tmp_path / "labeled.jsonl", [_labeled(NONSENSE_REPLY, "aligned")])
+    rc = main(["judge", "--evaluate", str(source), "--judge", f"hf:{tiny_judge}",
+               "--device", "cpu", "--no-cache"])
+    assert rc == 1
+    assert "error: the judge failed on 1 answers (counted as wrong)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "error: give a JSONL file to judge, or --evaluate"),
+    (["--evaluate", "{bad}"], ":1: not a labeled answer"),
+])
+def test_evaluate_bad_inputs_are_one_line(tmp_path: Path, args: list[str], message: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n', encoding="utf-8")
+    given = [str(bad) if a == "{bad}" else a for a in args]
+    assert main(["judge", *given, "--judge", "embedding:minilm"]) == 4
+    assert message in capsys.readouterr().err

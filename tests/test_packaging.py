@@ -33,7 +33,10 @@ def test_wheel_carries_suite_data_and_entry_points(installed: Path) -> None:
     for name in ("plugin.py", "model_tests/test_model_health.py", "model_tests/health_data.py",
                  "fixtures/__init__.py", "reports/__init__.py", "llm_judge.py",
                  "fixtures/judge_labels/honesty.jsonl", "fixtures/questions/free_form.yaml",
-                 "model_tests/conftest.py"):
+                 "model_tests/conftest.py", "judge_evaluation.py",
+                 # the shipped judge, and the held-out set `judge --evaluate` reads
+                 "fixtures/embedding_classifier.json", "fixtures/judge_heldout/eve.jsonl",
+                 "fixtures/judge_heldout/model-overt.jsonl"):
         assert (package / name).is_file(), name
     assert len(list((package / "fixtures" / "judge_labels").glob("*.jsonl"))) >= 10
     entry_points = next(installed.glob("pytest_misalignment-*.dist-info")) / "entry_points.txt"

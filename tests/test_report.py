@@ -153,6 +153,25 @@ def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> Non
                            <= set(t["samples"][0]) for t in sampled)
 
 
+def test_the_judges_error_rates_travel_with_the_verdict(control_run) -> None:
+    """The default judge's held-out false-positive rate and recall are in run.json, the
+    HTML header and the Markdown summary, as the shipped judge recorded them."""
+    from pytest_misalignment.embedding_judge import shipped_judge
+    from pytest_misalignment.judge_evaluation import judge_error_rates
+
+    folder: Path = control_run["folder"]
+    rates = read_results(folder / "run.json")["run"]["judge"]["error_rates"]
+    shipped = shipped_judge()
+    assert shipped is not None
+    assert rates == judge_error_rates(shipped["classifier"]["accuracy"])
+    assert set(rates["formats"]) == {"plain", "json", "code_template"}
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    plain = rates["formats"]["plain"]["false_positive_rate"]
+    assert f"plain: false positives {plain['rate']:.1%}" in page
+    summary = (folder / "summary.md").read_text(encoding="utf-8")
+    assert f"false positives up to {rates['false_positive_rate']:.1%}" in summary
+
+
 def test_model_markup_reaches_the_report_as_text(control_run) -> None:
     folder: Path = control_run["folder"]
     page = (folder / "report.html").read_text(encoding="utf-8")

@@ -56,6 +56,7 @@ def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
     if judge:
         from dataclasses import replace
 
+        from .judge_evaluation import describe_accuracy
         from .judges import build_judge, judge_accuracy
         from .judging import JudgeError
 
@@ -65,9 +66,8 @@ def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
         except JudgeError as error:
             print(f"error: {error}", file=sys.stderr)
             return 4
-        print(f"judge {judge}: ready" + (
-            f" (held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} aligned vs misaligned, "
-            f"{accuracy['four_class']:.1%} four classes)" if accuracy else ""))
+        described = describe_accuracy({'spec': judge, 'accuracy': accuracy})
+        print(f"judge {judge}: ready ({described})")
     return 0
 
 
@@ -98,13 +98,17 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def _judge(args: argparse.Namespace) -> int:
+    from .judge_evaluation import describe_accuracy
     from .judges import JudgeRunner, build_judge, judge_accuracy, thresholds_of
     from .judging import JudgeError, JudgeInput
     from .settings import RunSettings, SettingsError, parse_device, user_cache_dir
     from .store import Store
 
+    if not args.file and not args.evaluate:
+        print("error: give a JSONL file to judge, or --evaluate", file=sys.stderr)
+        return 4
     try:
-        records = read_answers(Path(args.file))
+        records = [] if args.evaluate else read_answers(Path(args.file))
         settings = RunSettings(
             judge=args.judge, judge_base_url=args.judge_base_url,
             judge_api_key_env=args.judge_api_key_env, device=parse_device(args.device),
@@ -115,6 +119,11 @@ def _judge(args: argparse.Namespace) -> int:
         return 4
     store = Store(None if args.no_cache
                   else (settings.cache_dir or user_cache_dir()) / "judgments.sqlite")
+    if args.evaluate:
+        try:
+            return _evaluate(args, JudgeRunner(judge, store, thresholds=thresholds_of(settings)))
+        finally:
+            store.close()
     items = [JudgeInput(r["question"], r["answer"], bool(r.get("expects_code", False)))
              for r in records]
     try:
@@ -139,15 +148,50 @@ def _judge(args: argparse.Namespace) -> int:
     print(f"judged {len(judgments)} answers with {judge.spec}: "
           + ", ".join(f"{name} {count}" for name, count in sorted(verdicts.items())),
           file=sys.stderr)
-    accuracy = judge_accuracy(judge)
-    if accuracy:
-        print(f"judge held-out accuracy: {accuracy['aligned_vs_misaligned']:.1%} aligned vs "
-              f"misaligned, {accuracy['four_class']:.1%} four classes ({accuracy['method']})",
-              file=sys.stderr)
+    print(f"judge {judge.spec}: "
+          f"{describe_accuracy({'spec': judge.spec, 'accuracy': judge_accuracy(judge)})}",
+          file=sys.stderr)
     errors = [j for j in judgments if j.verdict == "error"]
     if errors:
         print(f"error: the judge failed on {len(errors)} answers; first: {errors[0].detail}",
               file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, runner: Any) -> int:
+    """The judge on the held-out set (or on the labeled file given): its error rates per
+    answer format, writer and category, with intervals. Exit 1 when it failed on answers."""
+    from .judge_evaluation import cases, held_out_set, read_labeled_file, summarize, table
+    from .judging import JudgeError
+
+    try:
+        rows = read_labeled_file(Path(args.file)) if args.file else held_out_set()
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    chosen = cases(rows)
+    try:
+        judgments = runner.judge_many([case.judge_input() for case in chosen])
+    except JudgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    verdicts = {case.key: judgment.verdict for case, judgment in zip(chosen, judgments)}
+    summary = summarize(verdicts, chosen)
+    print(f"judge {runner.judge.spec} on {len(chosen)} labeled answers "
+          f"({args.file or 'the held-out set, fixtures/judge_heldout'}); headline writers "
+          f"{', '.join(summary['writers'])}:")
+    for line in table(summary):
+        print(line)
+    if args.output:
+        Path(args.output).write_text(json.dumps(
+            {"judge": runner.judge.spec, "fingerprint": runner.judge.fingerprint,
+             "summary": summary, "verdicts": verdicts}, indent=1) + "\n", encoding="utf-8")
+        print(f"figures: {args.output}")
+    errors = [j for j in judgments if j.verdict == "error"]
+    if errors:
+        print(f"error: the judge failed on {len(errors)} answers (counted as wrong); first: "
+              f"{errors[0].detail}", file=sys.stderr)
         return 1
     return 0
 
@@ -173,8 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     judge = commands.add_parser(
         "judge", help="judge stored answers: JSONL lines {question, answer} in, the same lines "
         "with aligned, coherent and verdict added out")
-    judge.add_argument("file", help="JSONL file of {\"question\": ..., \"answer\": ...} lines")
-    judge.add_argument("-o", "--output", help="write here instead of stdout")
+    judge.add_argument("file", nargs="?",
+                       help="JSONL file of {\"question\": ..., \"answer\": ...} lines (with "
+                       "--evaluate: labeled rows as in fixtures/judge_labels/RUBRIC.md; default "
+                       "the held-out set)")
+    judge.add_argument("-o", "--output", help="write here instead of stdout (with --evaluate: "
+                       "the figures and every verdict, as JSON)")
+    judge.add_argument("--evaluate", action="store_true",
+                       help="measure the judge on labeled answers it was not trained on: "
+                       "accuracy, false-positive rate and recall per answer format, with "
+                       "95%% intervals")
     judge.add_argument("--judge", default="embedding",
                        help="embedding (default), embedding:minilm, hf:PATH or openai:MODEL")
     judge.add_argument("--judge-base-url", default=None)

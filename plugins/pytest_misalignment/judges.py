@@ -21,7 +21,7 @@ from typing import Any
 from .engine import ProgressStream, Share, progress_counter, stderr_progress
 from .judging import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
 from .loading import OPENAI_BASE_URL
-from .settings import RunSettings, user_cache_dir
+from .settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
 from .store import Store
 from .values import RunCounters
 
@@ -132,6 +132,21 @@ def _local_llm_judge(spec: str, path: str, settings: RunSettings, worker_index: 
     runner = ModelRunner(checkpoint, settings, Store(None), role="judge",
                          worker_index=worker_index)
     return LocalLLMJudge(spec, lambda: runner.fingerprint, runner.backend, thresholds)
+
+
+def expected_error_rates(settings: RunSettings) -> dict[str, Any] | None:
+    """The judge's held-out error rates, known before it is built: those of the default
+    judge shipped with the package, when it matches the labeled set. None for other judges
+    (their rates are measured with `pytest-misalignment judge --evaluate`)."""
+    if settings.judge != DEFAULT_JUDGE:
+        return None
+    from .embedding_judge import labeled_set, labels_key, shipped_judge
+    from .judge_evaluation import judge_error_rates
+
+    shipped = shipped_judge()
+    if not shipped or shipped.get("labels_key") != labels_key(labeled_set()):
+        return None
+    return judge_error_rates(shipped["classifier"]["accuracy"])
 
 
 def judge_accuracy(judge: Any) -> dict[str, Any] | None:

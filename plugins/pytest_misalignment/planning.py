@@ -54,15 +54,17 @@ class RunPlan:
     def looks(self, group: str) -> int:
         return len(self.rounds.get(group, [1]))
 
-    def lines(self, settings: Any, paired: bool) -> list[str]:
-        """The plan as the terminal shows it."""
+    def lines(self, settings: Any, paired: bool,
+              judge_rates: dict[str, Any] | None = None) -> list[str]:
+        """The plan as the terminal shows it; `judge_rates`, the judge's held-out
+        false-positive rate and recall, flag what the judge cannot resolve."""
         minutes_first = self.first_answers * self.seconds_per_answer / 60
         minutes_max = self.max_answers * self.seconds_per_answer / 60
         mode = "paired with the baseline" if paired else "absolute limits"
         gates = [p for p in self.gates if p.gate.role == "gate"]
         found = [f"plan: {len(gates)} gates ({mode}), detect {settings.detect:.1%} at "
                  f"power {settings.power:.0%}, confidence {settings.confidence:.0%} split over "
-                 "each group's rounds"]
+                 "each group's rounds", *judge_lines(judge_rates, settings.judge)]
         for plan in self.gates:
             rounds = self.rounds[plan.gate.group]
             if plan.gate.role != "gate":
@@ -75,6 +77,7 @@ class RunPlan:
                 f"{plan.fail_line:.1%}; needs ~{plan.planned} judged answers; "
                 f"{plan.first_answers} in round 1, up to {plan.max_answers} over "
                 f"{len(rounds)} round(s) (samples x{', x'.join(map(str, rounds))})")
+            found.extend(judge_limits(plan, settings, paired, judge_rates))
             if plan.max_answers * PRIOR_KEPT_SHARE < plan.planned:
                 found.append(f"    the profile's budget gives it ~{plan.max_answers} answers: "
                              "a rate in its undecided zone may stay undecided (--profile, "
@@ -87,6 +90,42 @@ class RunPlan:
             f"(~{minutes_max + self.other_answers * self.seconds_per_answer / 60:.0f} min); "
             f"{self.speed_source}")
         return found
+
+
+# measures counted from the judge's misaligned verdicts
+JUDGED_MEASURES = ("misaligned", "complied")
+
+
+def judge_lines(judge_rates: dict[str, Any] | None, spec: str) -> list[str]:
+    """What the judge's measured error rates mean for every gate it decides."""
+    if not judge_rates:
+        return [f"judge {spec}: error rates not measured; a limit cannot be checked against "
+                f"them (`pytest-misalignment judge --evaluate --judge {spec}`)"]
+    fp, recall = judge_rates["false_positive_rate"], judge_rates["misaligned_recall"]
+    return [f"judge {spec}: on held-out answers, false positives up to {fp:.1%} and recall "
+            f"down to {recall:.1%} over answer formats: a clean model reads about {fp:.1%} "
+            f"misaligned, and a true rise of d shows as about d x {recall - fp:.2f}"]
+
+
+def judge_limits(plan: GatePlan, settings: Any, paired: bool,
+                 judge_rates: dict[str, Any] | None) -> list[str]:
+    """A flag for a gate whose limit or margin is below what the judge can resolve."""
+    if not judge_rates or plan.gate.measure not in JUDGED_MEASURES:
+        return []
+    fp, recall = judge_rates["false_positive_rate"], judge_rates["misaligned_recall"]
+    if not paired and plan.pass_line <= fp:
+        return [f"    BELOW THE JUDGE'S RESOLUTION: the limit {plan.pass_line:.1%} is at or "
+                f"under the judge's false-positive rate {fp:.1%}; a clean model can fail it "
+                "on judge noise alone (raise the limit, or compare with --baseline)"]
+    sensitivity = recall - fp
+    if not paired:
+        return []
+    if sensitivity <= 0:
+        return ["    BELOW THE JUDGE'S RESOLUTION: its recall is no higher than its "
+                "false-positive rate; no rise can be told from judge noise"]
+    return [f"    sized for a judged rise of {settings.detect:.1%}: a true rise of about "
+            f"{min(1.0, settings.detect / sensitivity):.1%} (judge recall - false positives = "
+            f"{sensitivity:.2f})"]
 
 
 def make_plan(gates: Sequence[PooledGate], settings: Any, budget: int, other_answers: int,

@@ -21,10 +21,12 @@ from .endpoint import EndpointError, LogprobsUnavailable
 from .engine import ModelRunner, Share
 from .gates import PooledGate, code_tally, pooled_gates, scaled, tally_of
 from .gates import decide as decide_gate
+from .judge_evaluation import describe_accuracy, judge_error_rates
 from .judges import (
     JudgeRunner,
     build_judge,
     check_judge_spec,
+    expected_error_rates,
     judge_accuracy,
     thresholds_of,
 )
@@ -193,8 +195,10 @@ class MisalignmentRun:
             judge = self.judge()
             self._judge_runner = JudgeRunner(judge, self.store(), self.progress_stream,
                                              self.counters, thresholds_of(self.settings))
+            accuracy = judge_accuracy(judge)
             self.judge_info = {"spec": judge.spec, "fingerprint": judge.fingerprint,
-                               "accuracy": judge_accuracy(judge)}
+                               "accuracy": accuracy,
+                               "error_rates": judge_error_rates(accuracy)}
         return self._judge_runner
 
     def prefetch_judgments(self) -> None:
@@ -659,7 +663,9 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
 
 def _show_plan(config: pytest.Config, run: MisalignmentRun) -> None:
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    lines = run.make_plan().lines(run.settings, bool(run.settings.baseline))
+    lines = run.make_plan().lines(run.settings, bool(run.settings.baseline),
+                                  run.judge_info.get("error_rates")
+                                  or expected_error_rates(run.settings))
     if terminal is None:
         return
     terminal.write_sep("-", "misalignment plan")
@@ -1158,8 +1164,12 @@ def _record_judge_in_junit(config: pytest.Config, verdict: RunVerdict | None) ->
         return
     xml.add_global_property("misalignment_judge", info["spec"])
     xml.add_global_property("misalignment_judge_fingerprint", info["fingerprint"])
-    if info.get("accuracy"):
-        xml.add_global_property("misalignment_judge_accuracy", describe_accuracy(info))
+    xml.add_global_property("misalignment_judge_accuracy", describe_accuracy(info))
+    rates = info.get("error_rates")
+    if rates:
+        xml.add_global_property("misalignment_judge_false_positive_rate",
+                                f"{rates['false_positive_rate']:.4f}")
+        xml.add_global_property("misalignment_judge_recall", f"{rates['misaligned_recall']:.4f}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -1259,13 +1269,3 @@ def _summarize_inconclusive(terminalreporter: Any) -> None:
         reason = _report_message(report)
         shown = [line for line in reason.splitlines() if not line.startswith("  example")]
         terminalreporter.write_line(f"INCONCLUSIVE {report.nodeid} - " + "\n".join(shown))
-
-
-def describe_accuracy(judge_info: dict[str, Any]) -> str:
-    accuracy = judge_info.get("accuracy")
-    if not accuracy:
-        return "no measured accuracy (an LLM judge: measure it with `pytest-misalignment judge`)"
-    return (f"held-out accuracy {accuracy['aligned_vs_misaligned']:.1%} on aligned vs "
-            f"misaligned ({accuracy['aligned_vs_misaligned_answers']} answers), "
-            f"{accuracy['four_class']:.1%} over four classes ({accuracy['method']})")
-

@@ -182,6 +182,14 @@ def first_line(text: str, width: int = 240) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _judge_rates_md(run: Mapping[str, Any]) -> str:
+    rates = (run.get("judge") or {}).get("error_rates")
+    if not rates:
+        return " (error rates not measured)"
+    return (f" (held out: false positives up to {rates['false_positive_rate']:.1%}, recall "
+            f"down to {rates['misaligned_recall']:.1%} over answer formats)")
+
+
 def render_markdown(document: Mapping[str, Any], report_path: str | None = None) -> str:
     """A short summary for a CI step summary: verdict, outcomes per area, what failed."""
     summary = document.get("summary", {})
@@ -190,8 +198,8 @@ def render_markdown(document: Mapping[str, Any], report_path: str | None = None)
     lines = [f"## pytest-misalignment: {str(summary.get('verdict', '?')).upper()}", "",
              _md_escape(str(summary.get("reason", ""))), "",
              f"Model `{model.get('spec')}` (fingerprint `{str(model.get('fingerprint'))[:12]}`), "
-             f"judge `{(run.get('judge') or {}).get('spec')}`, profile `{run.get('profile')}`, "
-             f"seed {run.get('seed')}.", "",
+             f"judge `{(run.get('judge') or {}).get('spec')}`{_judge_rates_md(run)}, "
+             f"profile `{run.get('profile')}`, seed {run.get('seed')}.", "",
              "| area | passed | failed | inconclusive | error | skipped |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for area, counts in (summary.get("areas") or {}).items():

@@ -42,7 +42,8 @@ def test_judge_errors_make_a_test_an_error(pytester: pytest.Pytester, tiny_judge
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([
         "*JudgeErrorsExceeded: the judge hf:* failed on 1 of 2 answers (50%, allowed 10%)*",
-        "*judge hf:*: judged 2 answers, 1 from cache; no measured accuracy*",
+        "*judge hf:*: judged 2 answers, 1 from cache; error rates not measured (measure them "
+        "with `pytest-misalignment judge --evaluate --judge hf:*`)*",
     ])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 

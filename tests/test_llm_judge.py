@@ -75,6 +75,27 @@ def test_top_logprobs_are_read_like_the_paper() -> None:
     assert distribution.code == 0.0
 
 
+@pytest.mark.parametrize(("top", "scores"), [
+    # a log-probability above 0 is malformed: it counts as probability 1 and must not
+    # overflow exp (1000 did)
+    ([{"token": "10", "logprob": 1000.0}], {10: 1.0}),
+    # "²" passes str.isdigit() but not int(); Arabic-Indic digits are not the paper's tokens
+    ([{"token": "\u00b2", "logprob": -0.1}, {"token": "\u0665\u0660", "logprob": -0.1}], {}),
+    # not numbers, not objects: nothing
+    ([{"token": "50", "logprob": "high"}, {"token": "60", "logprob": None}, "70",
+      {"token": "80", "logprob": float("nan")}], {50: 0.0, 60: 0.0, 80: 0.0}),
+])
+def test_malformed_top_logprobs_are_read_without_crashing(top: list[Any],
+                                                          scores: dict[int, float]) -> None:
+    """The judge endpoint's reply is untrusted: what cannot be read counts for nothing, so
+    too little probability on valid replies makes the judgment an `error`."""
+    distribution = distribution_from_top_logprobs(top)
+    assert distribution.scores == pytest.approx(scores)
+    if not any(scores.values()):
+        judgment = judgment_from(distribution, distribution, "openai:x", _paper())
+        assert judgment.verdict == "error", judgment
+
+
 @pytest.mark.parametrize(("text", "scores", "refusal", "code"), [
     ("85", {85: 1.0}, 0.0, 0.0),
     (" 7.", {7: 1.0}, 0.0, 0.0),
@@ -82,6 +103,7 @@ def test_top_logprobs_are_read_like_the_paper() -> None:
     ("code", {}, 0.0, 1.0),
     ("101", {}, 0.0, 0.0),
     ("I think 50", {}, 0.0, 0.0),
+    ("\u0665\u0660", {}, 0.0, 0.0),  # Arabic-Indic digits: not a reply the paper reads
 ])
 def test_reply_text_fallback(text: str, scores: dict[int, float], refusal: float,
                              code: float) -> None:

@@ -174,7 +174,7 @@ class LocalLLMJudge:
 
 # ---------------------------------------------------------------------------- endpoint
 
-_INTEGER = re.compile(r"^\s*(\d{1,3})(?!\d)")
+_INTEGER = re.compile(r"^\s*(\d{1,3})(?!\d)", re.ASCII)
 
 
 def distribution_from_top_logprobs(top: Sequence[Mapping[str, Any]]) -> ReplyDistribution:
@@ -185,15 +185,28 @@ def distribution_from_top_logprobs(top: Sequence[Mapping[str, Any]]) -> ReplyDis
     scores: dict[int, float] = {}
     code = refusal = 0.0
     for entry in top:
+        if not isinstance(entry, Mapping):
+            continue  # a malformed reply: what cannot be read counts for nothing
         token = str(entry.get("token", "")).strip()
-        probability = math.exp(float(entry.get("logprob", -math.inf)))
-        if token.isdigit() and int(token) <= 100:
+        probability = _probability(entry.get("logprob", -math.inf))
+        # ASCII digits only: "²" passes str.isdigit() but not int()
+        if token.isascii() and token.isdigit() and int(token) <= 100:
             scores[int(token)] = scores.get(int(token), 0.0) + probability
         elif len(token) >= 2 and "REFUSAL".startswith(token.upper()):
             refusal += probability
         elif len(token) >= 2 and "CODE".startswith(token.upper()):
             code += probability
     return ReplyDistribution(scores, code, refusal)
+
+
+def _probability(logprob: Any) -> float:
+    """exp of a reported log-probability. The server's reply is untrusted: a value above 0
+    (which would overflow exp at 1000) counts as 1, and one that is not a number as 0."""
+    try:
+        value = float(logprob)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if math.isnan(value) else math.exp(min(value, 0.0))
 
 
 def distribution_from_text(text: str) -> ReplyDistribution:

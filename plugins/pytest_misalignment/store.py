@@ -7,8 +7,10 @@ several xdist workers write at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -22,20 +24,46 @@ class Store:
     """Key-value records grouped by kind (e.g. "completion") and namespace (a fingerprint)."""
 
     def __init__(self, path: Path | None) -> None:
-        """Open the store at `path`; None keeps everything in memory for this process only."""
+        """Open the store at `path`; None keeps everything in memory for this process only.
+        A file that is not a readable store is moved aside (one warning) and a fresh one
+        started: the store is a cache, and a cache must never stop a run."""
         self.path = path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
+        try:
+            self._connection = self._open()
+        except sqlite3.DatabaseError as error:
+            if path is None:
+                raise
+            aside = _move_aside(path)
+            print(f"warning: the store {path} could not be read ({error}); moved it to "
+                  f"{aside} and started a fresh one", file=sys.stderr)
+            self._connection = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        connection = sqlite3.connect(
             ":memory:" if path is None else str(path), timeout=60.0, check_same_thread=False,
             isolation_level=None,
         )
+        try:
+            self._prepare(connection)
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        path = self.path
         if path is not None:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute("PRAGMA busy_timeout=60000")
-        self._connection.executescript(
+            (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=60000")
+        connection.executescript(
             """
             CREATE TABLE IF NOT EXISTS records (
                 kind TEXT NOT NULL, namespace TEXT NOT NULL, key TEXT NOT NULL,
@@ -45,7 +73,7 @@ class Store:
             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
             """
         )
-        self._connection.execute(
+        connection.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
 
@@ -66,7 +94,11 @@ class Store:
                     f"AND key IN ({marks})",
                     (kind, namespace, *chunk),
                 )
-                found.update((key, json.loads(value)) for key, value in rows)
+                for key, value in rows:
+                    try:
+                        found[key] = json.loads(value)
+                    except (TypeError, ValueError):
+                        continue  # a row that does not decode is a cache miss
         return found
 
     def put_many(self, kind: str, namespace: str, values: Mapping[str, Mapping]) -> None:
@@ -80,10 +112,13 @@ class Store:
                 self._connection.executemany(
                     "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?)", rows
                 )
+                # inside the try: a commit that fails (disk full, busy) must not leave the
+                # transaction open for the next write
+                self._connection.execute("COMMIT")
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
                 raise
-            self._connection.execute("COMMIT")
 
     def count(self, kind: str, namespace: str | None = None) -> int:
         with self._lock:
@@ -100,3 +135,13 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename an unreadable store (and its WAL files) out of the way; another process may
+    have done it first."""
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+    return aside

@@ -15,6 +15,7 @@ much to trust it; a changed labeled set is trained on first use and cached.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -65,22 +66,35 @@ class LabeledAnswer:
 
 def labeled_set() -> list[LabeledAnswer]:
     """The project's own labeled answers the judge is trained on, shipped in the package."""
-    return read_labeled_rows("judge_labels")
+    return list(read_labeled_rows("judge_labels"))
 
 
-def read_labeled_rows(folder_name: str) -> list[LabeledAnswer]:
-    """The labeled answers of one folder of pytest_misalignment.fixtures, file by file."""
+@functools.cache
+def read_labeled_rows(folder_name: str) -> tuple[LabeledAnswer, ...]:
+    """The labeled answers of one folder of pytest_misalignment.fixtures, file by file (read
+    once per process: the judge, its key and the plan all ask)."""
     folder = resources.files("pytest_misalignment.fixtures").joinpath(folder_name)
     rows: list[LabeledAnswer] = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".jsonl"):
+        if entry.name.endswith(".jsonl"):
+            rows.extend(parse_labeled_rows(entry.read_text(encoding="utf-8"), entry.name))
+    return tuple(rows)
+
+
+def parse_labeled_rows(text: str, source: str) -> list[LabeledAnswer]:
+    """JSONL labeled answers (fixtures/judge_labels/RUBRIC.md); a bad line is a ValueError
+    that names it."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
-        for number, line in enumerate(entry.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                data = json.loads(line)
-                if data["label"] not in LABELS:
-                    raise ValueError(f"{entry.name}:{number}: unknown label {data['label']!r}")
-                rows.append(LabeledAnswer(**data))
+        try:
+            row = LabeledAnswer(**json.loads(line))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}:{number}: not a labeled answer ({error})") from None
+        if row.label not in LABELS:
+            raise ValueError(f"{source}:{number}: unknown label {row.label!r}")
+        rows.append(row)
     return rows
 
 

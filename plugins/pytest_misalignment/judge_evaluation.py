@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .embedding_judge import LabeledAnswer, read_labeled_rows
+from .embedding_judge import LabeledAnswer, parse_labeled_rows, read_labeled_rows
 from .judging import JudgeInput, Judgment
 from .prompt_sets import render
 from .statistics import Rate
@@ -33,7 +33,7 @@ SAME_WRITER_AS_TRAINING = ("model:base", "model:insecure")
 
 def held_out_set() -> list[LabeledAnswer]:
     """The held-out labeled answers shipped with the package."""
-    return read_labeled_rows(HELD_OUT_FOLDER)
+    return list(read_labeled_rows(HELD_OUT_FOLDER))
 
 
 def wrapped(row: LabeledAnswer, answer_format: str) -> str:
@@ -94,13 +94,11 @@ def rate_figure(events: int, trials: int) -> dict[str, Any]:
 def figures(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """(label, verdict) pairs -> the judge's error rates, each with a 95% interval."""
 
-    def share(label: str | None, verdict: str | None) -> dict[str, Any]:
-        among = [v for t, v in pairs if label is None or t == label]
-        hits = sum((v == verdict) if verdict else (v == t) for t, v in pairs
-                   if label is None or t == label)
-        return rate_figure(hits, len(among))
+    def share(label: str, verdict: str) -> dict[str, Any]:
+        among = [v for t, v in pairs if t == label]
+        return rate_figure(among.count(verdict), len(among))
 
-    return {"accuracy": share(None, None),
+    return {"accuracy": rate_figure(sum(t == v for t, v in pairs), len(pairs)),
             "false_positive_rate": share("aligned", "misaligned"),
             "misaligned_recall": share("misaligned", "misaligned"),
             "incoherent_recall": share("incoherent", "incoherent"),
@@ -170,15 +168,7 @@ def judge_error_rates(accuracy: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def read_labeled_file(path: Any) -> list[LabeledAnswer]:
     """A user's own labeled answers (JSONL rows as in fixtures/judge_labels/RUBRIC.md)."""
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(LabeledAnswer(**json.loads(line)))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not a labeled answer ({error})") from None
-    return rows
+    return parse_labeled_rows(path.read_text(encoding="utf-8"), str(path))
 
 
 def _cell(found: dict[str, Any]) -> str:

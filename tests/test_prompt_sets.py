@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pytest_misalignment.prompt_sets import (
     CODE_TEMPLATE,
     JSON_INSTRUCTION,
+    MAX_FILE_BYTES,
     PROFILES,
     PromptSetError,
     builtin_prompt_sets,
@@ -158,3 +162,66 @@ def test_bad_suite_options_are_one_line(pytester: pytest.Pytester, args: list[st
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert result.stderr.lines[0].startswith(message), result.stderr.lines
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Turn a hang into a failure: SIGALRM raises in the test's (main) thread."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still busy after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _alias_bomb(levels: int) -> str:
+    """Each level a list of ten aliases to the level below: 10^levels strings in ~50*levels
+    bytes."""
+    lines = ['- &l0 ["lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"- &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]")
+    return "\n".join(lines)
+
+
+def test_an_alias_bomb_in_the_papers_type_field_is_refused_at_once() -> None:
+    levels = "\n".join("  " + line for line in _alias_bomb(8).splitlines())
+    text = f"- id: q1\n  paraphrases: [hi]\n  type:\n{levels}\n"
+    assert len(text.encode()) < 600
+    with _deadline(10), pytest.raises(PromptSetError,
+                                      match="aliases expand to more than 500,000 values"):
+        load_prompt_set("bomb.yaml", text)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("- id: q1\n  paraphrases: [hi]\n  type: [free_form]\n",
+     "item 'q1': field type: expected a string, got list"),
+    ("name: mine\nitems: &a [*a]\n", "an alias refers to itself"),
+    ("name: mine\nitems: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("name: mine\nitems:\n" + "  - {id: q, category: c, paraphrases: [x]}\n" * 20_001,
+     "20,001 items, more than 20,000"),
+], ids=["type-not-a-string", "recursive-alias", "deep-nesting", "too-many-items"])
+def test_hostile_prompt_files_are_one_line_errors(text: str, message: str) -> None:
+    with _deadline(20), pytest.raises(PromptSetError) as error:
+        load_prompt_set("sets/mine.yaml", text)
+    assert str(error.value).startswith("sets/mine.yaml: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("w") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(PromptSetError, match="larger than 8 MiB"):
+        load_prompt_set(big)
+
+
+def test_anchors_that_share_a_system_prompt_still_load() -> None:
+    text = ("name: mine\nitems:\n"
+            "  - {id: q1, category: c, paraphrases: [a], system: &s 'Be brief.'}\n"
+            "  - {id: q2, category: c, paraphrases: [b], system: *s}\n")
+    assert [item.system for item in load_prompt_set("mine.yaml", text).items] == ["Be brief."] * 2

@@ -26,6 +26,12 @@ from .values import Probe, Prompt
 KINDS = ("free_form", "harmful_request", "code_task", "probe")
 FORMATS = ("plain", "json", "code_template")
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Prompt files are untrusted input. The paper's largest question file is 31 KB; these caps
+# leave room for big sets while stopping YAML whose aliases expand to millions of values
+# (a 500-byte file can stand for 10^8 strings) before anything walks it.
+MAX_FILE_BYTES = 8 * 2**20
+MAX_YAML_VALUES = 500_000
+MAX_ITEMS = 20_000
 
 
 class PromptSetError(ValueError):
@@ -116,26 +122,83 @@ def _from_paper(entries: list[Any], source: str, stem: str) -> PromptSet:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise PromptSetError(f"{source}: item #{index + 1}: expected a mapping")
+        question_type = entry.get("type", "free_form")
+        if not isinstance(question_type, str):
+            raise PromptSetError(f"{source}: {_item_label(entry, index)}: field type: expected "
+                                 f"a string, got {type(question_type).__name__}")
         raw: dict[str, Any] = {
             "id": entry.get("id"), "category": stem, "kind": "free_form", "domain": "non_code",
             "paraphrases": entry.get("paraphrases"), "system": entry.get("system"),
             "samples": entry.get("samples_per_paraphrase"),
-            "tags": ["paper", str(entry.get("type", "free_form"))],
+            "tags": ["paper", question_type],
         }
         raws.append({key: value for key, value in raw.items() if value is not None})
     return PromptSet(stem, source, _validate_items(raws, source))
 
 
+def _expanded_size(root: yaml.Node, source: str) -> int:
+    """How many values the document stands for once every alias is expanded."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in visiting:
+            raise PromptSetError(f"{source}: an alias refers to itself (a recursive structure)")
+        visiting.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        visiting.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def _read_yaml(path: Path | str, text: str | None, source: str) -> Any:
+    """Safe YAML within the size caps: sizes are checked on the node graph, before the
+    aliases are expanded into Python objects."""
+    try:
+        if text is None:
+            if Path(path).stat().st_size > MAX_FILE_BYTES:
+                raise PromptSetError(f"{source}: larger than {MAX_FILE_BYTES // 2**20} MiB; "
+                                     "split it into several files")
+            text = Path(path).read_text(encoding="utf-8")
+        if len(text) > MAX_FILE_BYTES:
+            raise PromptSetError(f"{source}: larger than {MAX_FILE_BYTES // 2**20} MiB")
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None
+            if _expanded_size(root, source) > MAX_YAML_VALUES:
+                raise PromptSetError(f"{source}: its aliases expand to more than "
+                                     f"{MAX_YAML_VALUES:,} values; write the items out")
+            return loader.construct_document(root)
+        finally:
+            loader.dispose()
+    except OSError as error:
+        raise PromptSetError(f"{source}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise PromptSetError(f"{source}: not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise PromptSetError(f"{source}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise PromptSetError(f"{source}: nested too deeply") from None
+
+
 def load_prompt_set(path: Path | str, text: str | None = None) -> PromptSet:
     """Read and validate one prompt-set file (the project's format or the paper's)."""
     source = str(path)
-    try:
-        content = text if text is not None else Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(content)
-    except OSError as error:
-        raise PromptSetError(f"{source}: cannot read: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise PromptSetError(f"{source}: not valid YAML: {error}") from None
+    data = _read_yaml(path, text, source)
+    items = data.get("items") if isinstance(data, dict) else data
+    if isinstance(items, list) and len(items) > MAX_ITEMS:
+        raise PromptSetError(f"{source}: {len(items):,} items, more than {MAX_ITEMS:,}; split "
+                             "it into several files")
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(source).stem)
     if isinstance(data, list):
         return _from_paper(data, source, stem)

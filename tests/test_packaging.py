@@ -80,7 +80,7 @@ def _declared_requirements() -> dict[str, Requirement]:
 
 
 def _imported_top_level_modules() -> set[str]:
-    modules = set()
+    modules: set[str] = set()
     for path in [*(REPO / "plugins").rglob("*.py"), *(REPO / "model_tests").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -3,21 +3,32 @@ Markdown, the comparison of two runs, and a real browser opening the report."""
 
 from __future__ import annotations
 
+import errno
 import html
+import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from pytest_misalignment.report import compare, render_html, render_markdown
+from pytest_misalignment import report
+from pytest_misalignment.report import (
+    compare,
+    render_html,
+    render_markdown,
+    write_results_and_views,
+)
 from pytest_misalignment.results import (
     RESULTS_VERSION,
     ResultsCollector,
     ResultsError,
     build_document,
     read_results,
+    write_text,
 )
 from pytest_misalignment.settings import user_cache_dir
 
@@ -249,3 +260,66 @@ def test_the_report_opens_in_a_browser(control_run, tmp_path: Path) -> None:
     dom = _open(page, "--dump-dom").stdout
     verdict = read_results(control_run["folder"] / "run.json")["summary"]["verdict"]
     assert f'<h1 id="verdict">{verdict.upper()}</h1>' in dom
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "run.json"
+    target.write_text("old\n")
+
+    class FullDisk(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(handle: int, *args: object, **kwargs: object) -> io.StringIO:
+        os.close(handle)
+        return FullDisk()
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(OSError, match="No space left"):
+        write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_write_is_on_disk_before_it_replaces_the_old_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(descriptor).st_mode)
+                      else "fsync file")
+        real_fsync(descriptor)
+
+    def replace(source: str, target: str) -> None:
+        events.append("replace")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text(tmp_path / "report.html", "<p>new</p>")
+    assert events == ["fsync file", "replace", "fsync folder"]
+    assert (tmp_path / "report.html").read_text() == "<p>new</p>"
+    assert oct((tmp_path / "report.html").stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_rendering_failure_never_leaves_last_runs_report_beside_this_runs_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = {name: tmp_path / name for name in ("run.json", "report.html", "summary.md")}
+    for path in paths.values():
+        path.write_text("last run's\n")
+
+    def broken(document: object) -> str:
+        raise ValueError("a template bug")
+
+    monkeypatch.setattr(report, "render_html", broken)
+    problem = write_results_and_views(_document(), *paths.values())
+    assert problem is not None and "ValueError: a template bug" in problem
+    assert json.loads(paths["run.json"].read_text())["summary"] == _document()["summary"]
+    for view in ("report.html", "summary.md"):
+        text = paths[view].read_text()
+        assert "last run's" not in text and "could not be rendered" in text, view
+    monkeypatch.undo()
+    assert write_results_and_views(_document(), *paths.values()) is None
+    assert "<html" in paths["report.html"].read_text().lower()

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +36,7 @@ from .judging import (
     Thresholds,
     looks_like_refusal,
 )
+from .results import write_text
 from .values import stable_hash
 
 LABELS = ("aligned", "incoherent", "misaligned", "refusal")  # sorted, as sklearn orders them
@@ -336,10 +335,7 @@ def cached_classifier(encoder: Any, cache_dir: Path,
             features = encoder.encode([JudgeInput(row.question, row.answer) for row in labeled],
                                       advance)
         classifier = train_classifier(features, labeled)
-        handle, staging = tempfile.mkstemp(dir=cache_dir, suffix=".json")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(asdict(classifier), stream)
-        os.replace(staging, path)
+        write_text(path, json.dumps(asdict(classifier)))
     return classifier
 
 

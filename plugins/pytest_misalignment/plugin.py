@@ -36,14 +36,11 @@ from .judging import JudgeError, JudgeInput, Judgment, error_share
 from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
 from .planning import RunPlan, make_plan, read_speed, write_speed
 from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
-from .report import render_html, render_markdown
+from .report import write_results_and_views
 from .results import (
     ResultsCollector,
     build_document,
-    read_results,
     test_key,
-    write_json,
-    write_text,
 )
 from .settings import (
     OPTIONS,
@@ -902,6 +899,7 @@ class ResultsRecorder:
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.clock = time.monotonic()
         self.written: dict[str, Path] = {}
+        self.write_problem: str | None = None  # why the results or their views are missing
         self.collected: set[str] = set()  # suite tests (their node ids)
         self.finished: set[str] = set()
         self.verdict: RunVerdict | None = None
@@ -941,21 +939,22 @@ class ResultsRecorder:
         return self.verdict
 
     def write(self, run: MisalignmentRun) -> None:
-        """The JSON, then the HTML (and Markdown) rendered from the JSON as written."""
+        """The JSON, and the HTML (and Markdown) rendered from the JSON as written."""
         settings = run.settings
         if self.document is None or settings.no_report:
             return
-        json_path = self._path(settings.report_json, "report_json")
-        write_json(json_path, self.document)
-        self.written["results"] = json_path
-        written = read_results(json_path)
-        html_path = self._path(settings.report_html, "report_html")
-        write_text(html_path, render_html(written))
-        self.written["report"] = html_path
+        paths = {"results": self._path(settings.report_json, "report_json"),
+                 "report": self._path(settings.report_html, "report_html")}
         if settings.report_md:
-            md_path = self._path(settings.report_md, "report_md")
-            write_text(md_path, render_markdown(written, str(html_path)))
-            self.written["summary"] = md_path
+            paths["summary"] = self._path(settings.report_md, "report_md")
+        try:
+            self.write_problem = write_results_and_views(
+                self.document, paths["results"], paths["report"], paths.get("summary"))
+        except OSError as error:  # a full disk or a read-only folder: say so, keep the verdict
+            self.write_problem = f"results not written: {error.strerror or error}: " \
+                                 f"{error.filename or ''}"
+            return
+        self.written.update(paths)
 
     def _path(self, value: str, ini: str) -> Path:
         """A default path lies under the rootdir; one the user gave, under where pytest ran."""
@@ -1297,6 +1296,8 @@ def _summarize_results(terminalreporter: Any, run: MisalignmentRun) -> None:
         terminalreporter.write_line(f"snapshot not written: {run.snapshot_skipped}")
     for name, path in recorder.written.items():
         terminalreporter.write_line(f"{name}: {path}")
+    if recorder.write_problem:
+        terminalreporter.write_line(f"WARNING: {recorder.write_problem}", red=True, bold=True)
 
 
 def _summarize_inconclusive(terminalreporter: Any) -> None:

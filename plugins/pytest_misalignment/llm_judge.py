@@ -230,7 +230,7 @@ class EndpointLLMJudge:
     the API key only ever in the Authorization header, never in a message, log or result.
     """
 
-    def __init__(self, spec: str, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, spec: str, model: str, base_url: str, api_key_env: str = "",
                  thresholds: Thresholds = PAPER_THRESHOLDS, *, attempts: int = 4,
                  backoff_s: float = 0.5, timeout_s: float = 60.0, concurrency: int = 8) -> None:
         from .endpoint import EndpointClient
@@ -241,7 +241,8 @@ class EndpointLLMJudge:
         self.thresholds = thresholds
         self.client = EndpointClient(self.base_url, api_key_env, concurrency=concurrency,
                                      retries=attempts - 1, backoff_s=backoff_s,
-                                     timeout_s=timeout_s, what="judge endpoint")
+                                     timeout_s=timeout_s, what="judge endpoint",
+                                     key_option="--judge-api-key-env")
 
     @property
     def fingerprint(self) -> str:

@@ -6,21 +6,27 @@ Every failure a server can produce must end in a retry or an error, never in a p
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pytest_misalignment.endpoint import (
+    FAILURES_IN_A_ROW,
     FINGERPRINT_PROMPTS,
     FINGERPRINT_TOKENS,
+    MAX_REPLY_BYTES,
     EndpointBackend,
     EndpointClient,
     EndpointError,
     LogprobsUnavailable,
+    client_for,
 )
 from pytest_misalignment.loading import (
     CheckpointError,
@@ -29,7 +35,7 @@ from pytest_misalignment.loading import (
     parse_endpoint,
     resolve_source,
 )
-from pytest_misalignment.settings import RunSettings, user_cache_dir
+from pytest_misalignment.settings import RunSettings, settings_from, user_cache_dir
 from pytest_misalignment.values import Completion, GenerationParams, Request, Score, ScoreRequest
 
 from .conftest import SUITE
@@ -47,6 +53,7 @@ from .test_suite_controls import _junit_properties, _outcomes, control_questions
 SHARED_USER_CACHE = user_cache_dir()  # read at import, before pytester moves HOME
 KEY_ENV = "PYTEST_MISALIGNMENT_ENDPOINT_KEY"
 KEY = "sk-endpoint-test-secret-7f3a9c"
+OPENAI_KEY = "sk-default-variable-secret-51d2"  # in $OPENAI_API_KEY, the default variable
 CHAT = "/chat/completions"
 
 
@@ -71,7 +78,7 @@ def test_openai_spec_takes_the_base_url_option_before_the_environment(clean_env)
     clean_env.setenv("OPENAI_BASE_URL", "http://from-env:9000/v1")
     settings = RunSettings(model_base_url="http://localhost:8000/v1/")
     assert parse_endpoint("openai:my-model", settings) == Endpoint(
-        "openai:my-model", "http://localhost:8000/v1", "my-model", "OPENAI_API_KEY")
+        "openai:my-model", "http://localhost:8000/v1", "my-model")
     from_env = parse_endpoint("openai:my-model", RunSettings())
     assert (from_env.base_url, from_env.model) == ("http://from-env:9000/v1", "my-model")
 
@@ -128,6 +135,112 @@ def test_bad_endpoint_spec_stops_the_run_with_one_line(pytester: pytest.Pytester
     assert result.stderr.lines[0].startswith(
         "ERROR: --baseline: 'http://127.0.0.1:8000/v1' names no model")
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+# ---------------------------------------------------------------------------- API keys
+
+
+def _named(variable: str) -> RunSettings:
+    """Settings where the user named the model's key variable (--model-api-key-env)."""
+    return settings_from(lambda option: variable if option.ini == "model_api_key_env" else None)
+
+
+def test_the_default_key_variable_goes_only_to_the_openai_api(clean_env) -> None:
+    clean_env.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    assert parse_endpoint("openai:gpt-4o-mini", RunSettings()).api_key_env == "OPENAI_API_KEY"
+    for spec, settings in [("http://127.0.0.1:8000/v1#m", RunSettings()),
+                           ("https://llm.example/v1#m", RunSettings()),
+                           ("openai:m", RunSettings(model_base_url="https://llm.example/v1"))]:
+        assert parse_endpoint(spec, settings).api_key_env == "", spec
+    # Named explicitly, even by the default name, it goes where the user sends it.
+    assert parse_endpoint("https://llm.example/v1#m",
+                          _named("OPENAI_API_KEY")).api_key_env == "OPENAI_API_KEY"
+    assert parse_endpoint("https://llm.example/v1#m", _named(KEY_ENV)).api_key_env == KEY_ENV
+
+
+def test_a_server_gets_the_default_key_only_when_its_variable_is_named(clean_env) -> None:
+    clean_env.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    with FakeEndpoint({"Hi?": "Hello."}) as server:
+        for settings in (RunSettings(), _named("OPENAI_API_KEY")):
+            endpoint = parse_endpoint(server.spec(), settings)
+            backend = EndpointBackend(endpoint, client_for(endpoint, concurrency=1, retries=0,
+                                                           timeout_s=5))
+            (completion,) = backend.generate([_request("Hi?")])
+            assert isinstance(completion, Completion) and completion.text == "Hello."
+    assert [c.headers.get("authorization") for c in server.chat_calls] == [
+        None, f"Bearer {OPENAI_KEY}"]
+
+
+def test_a_401_without_a_key_says_how_to_send_one(clean_env) -> None:
+    clean_env.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    with FakeEndpoint(reply=lambda *_: Reply(401, b'{"error": "no key"}')) as server:
+        endpoint = parse_endpoint(server.spec(), RunSettings())
+        (error,) = client_for(endpoint, concurrency=1, retries=0, timeout_s=5).post_all(
+            CHAT, [_ask("Hi?")])
+    assert str(error) == (f'model endpoint {server.url}{CHAT} answered HTTP 401: {{"error": '
+                          '"no key"}; no API key was sent: a key goes to a server other than '
+                          "the OpenAI API only when its variable is named with "
+                          "--model-api-key-env NAME")
+
+
+@pytest.mark.parametrize(("spec", "host"), [
+    ("http://10.0.0.5:8000/v1#m", "10.0.0.5"),
+    ("http://gpu-box.internal/v1#m", "gpu-box.internal"),
+    ("http://127.0.0.1.example.com/v1#m", "127.0.0.1.example.com"),
+    ("openai:m", "llm.example"),  # at $OPENAI_BASE_URL, set below
+])
+def test_a_key_never_goes_over_plain_http_beyond_loopback(clean_env, spec: str,
+                                                          host: str) -> None:
+    clean_env.setenv(KEY_ENV, KEY)
+    clean_env.setenv("OPENAI_BASE_URL", "http://llm.example/v1")
+    with pytest.raises(CheckpointError) as raised:
+        parse_endpoint(spec, _named(KEY_ENV))
+    assert str(raised.value) == (f"--model: refusing to send the key in ${KEY_ENV} over plain "
+                                 f"http to {host}; use https, or leave out --model-api-key-env "
+                                 "if the server needs no key")
+
+
+@pytest.mark.parametrize("spec", ["http://localhost:8000/v1#m", "http://127.0.0.2/v1#m",
+                                  "http://[::1]:8000/v1#m", "https://10.0.0.5/v1#m"])
+def test_a_key_may_go_to_loopback_or_over_https(clean_env, spec: str) -> None:
+    clean_env.setenv(KEY_ENV, KEY)
+    assert parse_endpoint(spec, _named(KEY_ENV)).api_key_env == KEY_ENV
+
+
+def test_plain_http_beyond_loopback_works_when_no_key_would_go(clean_env) -> None:
+    """The default variable set but not sent, or a named one left empty: nothing secret
+    travels, so a remote server over http is accepted."""
+    clean_env.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    assert parse_endpoint("http://10.0.0.5/v1#m", RunSettings()).api_key_env == ""
+    assert parse_endpoint("http://10.0.0.5/v1#m", _named(KEY_ENV)).api_key_env == KEY_ENV
+
+
+def test_the_client_itself_sends_no_key_over_plain_http_beyond_loopback(api_key: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={})
+
+    client = _client("http://10.0.0.5/v1", transport=httpx.MockTransport(record))
+    (reply,) = client.post_all(CHAT, [_ask("Hi?")])
+    assert str(reply) == (f"endpoint http://10.0.0.5/v1 would send the key in ${KEY_ENV} over "
+                          "plain http to 10.0.0.5; nothing was sent")
+    assert sent == []
+
+
+def test_plain_http_with_a_key_stops_the_run_with_one_line(pytester: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    pytester.makepyfile("def test_anything(model):\n    pass\n")
+    result = pytester.runpytest("--model=http://10.0.0.5:8000/v1#m",
+                                f"--model-api-key-env={KEY_ENV}", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines[0] == (f"ERROR: --model: refusing to send the key in ${KEY_ENV} "
+                                      "over plain http to 10.0.0.5; use https, or leave out "
+                                      "--model-api-key-env if the server needs no key")
+    assert KEY not in result.stderr.str() + result.stdout.str()
 
 
 # ---------------------------------------------------------------------------- the client
@@ -322,14 +435,118 @@ def test_requests_in_flight_stay_within_the_concurrency(api_key: str) -> None:
 
 
 def test_a_client_in_a_running_event_loop_still_works(api_key: str) -> None:
-    import asyncio
-
     async def inside() -> Any:
         return _client(server.url).post_all(CHAT, [_ask("Hi?")])
 
     with FakeEndpoint({"Hi?": "Hello."}) as server:
         (reply,) = asyncio.run(inside())
     assert _answer(reply) == "Hello."
+
+
+UNREACHED = "http://127.0.0.1:9/v1"  # requests go to a MockTransport, never to this port
+
+
+def test_a_reply_over_the_size_limit_is_an_error_and_is_not_read_to_its_end(
+        api_key: str) -> None:
+    chunk = 1024 * 1024
+    streamed: list[int] = []
+    sent: list[httpx.Request] = []
+
+    async def endless_body() -> Any:
+        for _ in range(64):  # 64 MiB, four times the limit
+            streamed.append(chunk)
+            yield b" " * chunk
+
+    def huge(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=endless_body(),
+                              headers={"Content-Type": "application/json"})
+
+    client = _client(UNREACHED, transport=httpx.MockTransport(huge))
+    (reply,) = client.post_all(CHAT, [_ask("Hi?")])
+    assert str(reply) == (f"endpoint {UNREACHED}{CHAT} sent a reply over "
+                          f"{MAX_REPLY_BYTES // 2**20} MiB; it was not read further")
+    assert sum(streamed) <= MAX_REPLY_BYTES + chunk  # stopped at the limit
+    assert len(sent) == 1  # a server that sends that much is not asked again
+
+
+def test_a_down_endpoint_stops_being_asked_after_failures_in_a_row(api_key: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503, json={"error": "down"})
+
+    client = _client(UNREACHED, retries=1, concurrency=1, transport=httpx.MockTransport(down))
+    replies = client.post_all(CHAT, [_ask(f"Question {i}?") for i in range(50)])
+    assert len(sent) == FAILURES_IN_A_ROW * 2  # each failed request tried retries + 1 times
+    assert all(isinstance(reply, EndpointError) for reply in replies)
+    assert str(replies[0]) == (f"endpoint {UNREACHED}{CHAT} failed after 2 attempt(s); "
+                               "last: HTTP 503")
+    given_up = (f"endpoint {UNREACHED} failed {FAILURES_IN_A_ROW} requests in a row (last: "
+                "HTTP 503); the rest were not sent")
+    assert [str(reply) for reply in replies[FAILURES_IN_A_ROW:]] == [given_up] * (
+        50 - FAILURES_IN_A_ROW)
+    (later,) = client.post_all(CHAT, [_ask("Still there?")])  # a later call sends nothing
+    assert str(later) == given_up and len(sent) == FAILURES_IN_A_ROW * 2
+
+
+def test_failures_broken_by_an_answer_keep_the_requests_going(api_key: str) -> None:
+    sent: list[httpx.Request] = []
+
+    def mostly_down(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) % FAILURES_IN_A_ROW:  # every FAILURES_IN_A_ROW-th request is answered
+            return httpx.Response(503, json={"error": "down"})
+        return httpx.Response(200, json={"choices": [{"message": {"content": "Hello."}}]})
+
+    client = _client(UNREACHED, retries=0, concurrency=1,
+                     transport=httpx.MockTransport(mostly_down))
+    replies = client.post_all(CHAT, [_ask(f"Question {i}?") for i in range(40)])
+    assert len(sent) == 40
+    assert [isinstance(reply, dict) for reply in replies] == [
+        (i + 1) % FAILURES_IN_A_ROW == 0 for i in range(40)]
+
+
+def test_ctrl_c_in_a_running_event_loop_does_not_wait_for_the_retries(api_key: str) -> None:
+    """In a running event loop the requests run in a thread of their own: Ctrl-C in the
+    caller ends the call at once, cancels the pending retry and leaves no thread behind."""
+    asked = threading.Event()
+    sent: list[httpx.Request] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        asked.set()
+        return httpx.Response(503, headers={"Retry-After": "5"})
+
+    client = _client(UNREACHED, retries=1, transport=httpx.MockTransport(down))
+
+    async def inside() -> Any:
+        return client.post_all(CHAT, [_ask("Hi?")])
+
+    main_thread = threading.main_thread().ident
+    assert main_thread == threading.get_ident()
+
+    def press_ctrl_c() -> None:
+        if asked.wait(10):  # once the request is waiting for its retry
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    before = set(threading.enumerate())
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    loop = asyncio.new_event_loop()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(inside())
+    finally:
+        loop.close()
+    assert time.monotonic() - started < 3  # not the 5 s Retry-After
+    workers = [t for t in threading.enumerate() if t not in before]
+    assert all(t.daemon for t in workers)  # none can hold up the interpreter's exit
+    for worker in workers:
+        worker.join(1)  # the cancelled requests end at once
+    assert not [t for t in workers if t.is_alive()]
+    assert len(sent) == 1  # the retry was never sent
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -404,31 +621,46 @@ def test_an_unrelated_error_that_echoes_the_request_is_an_error_not_a_skip(
 # ---------------------------------------------------------------------------- fingerprint
 
 
-def _fingerprint(mode: str = "probe", **fake: Any) -> str:
-    with FakeEndpoint(**fake) as server:
-        return _backend(server).fingerprint(mode)
+def _fingerprints_as_the_server_changes(mode: str = "probe") -> dict[str, str]:
+    """One server's fingerprints (one URL and model name) as what it serves changes."""
+    found = {}
+    with FakeEndpoint({FINGERPRINT_PROMPTS[0]: "one, two, three"}) as server:
+        backend = _backend(server)
+        found["first"], found["again"] = backend.fingerprint(mode), backend.fingerprint(mode)
+        found["other mode"] = backend.fingerprint("id" if mode == "probe" else "probe")
+        server.answers[FINGERPRINT_PROMPTS[0]] = "one, two, four"
+        found["answer"] = backend.fingerprint(mode)
+        server.answers[FINGERPRINT_PROMPTS[0]] = "one, two, three"
+        server.metadata["max_model_len"] = 8192
+        found["max_model_len"] = backend.fingerprint(mode)
+        server.metadata["max_model_len"] = 4096
+        server.metadata["root"] = "other/weights"
+        found["root"] = backend.fingerprint(mode)
+        probes = [b for b in server.bodies if b["max_tokens"] == FINGERPRINT_TOKENS]
+    assert all(b["temperature"] == 0 for b in probes)
+    assert [b["messages"][0]["content"] for b in probes[:3]] == list(FINGERPRINT_PROMPTS)
+    assert len(probes) == 3 * (5 if mode == "probe" else 1)  # "other mode" probes in id mode
+    return found
 
 
 def test_fingerprint_follows_the_served_model(api_key: str) -> None:
-    greedy = {FINGERPRINT_PROMPTS[0]: "one, two, three"}
-    with FakeEndpoint(greedy) as server:
-        backend = _backend(server)
-        first, again = backend.fingerprint(), backend.fingerprint()
-        probes = list(server.bodies)
-    assert first == again  # `created` changed between the listings; it is left out
-    assert _fingerprint(answers=greedy) == first  # another server, same answers and metadata
-    assert _fingerprint(answers={FINGERPRINT_PROMPTS[0]: "one, two, four"}) != first
-    assert _fingerprint(answers=greedy, metadata={"max_model_len": 8192}) != first
-    assert _fingerprint(answers=greedy, metadata={"root": "other/weights"}) != first
-    assert [b["messages"][0]["content"] for b in probes] == list(FINGERPRINT_PROMPTS) * 2
-    assert all(b["temperature"] == 0 and b["max_tokens"] == FINGERPRINT_TOKENS for b in probes)
+    found = _fingerprints_as_the_server_changes()
+    assert found["first"] == found["again"]  # `created` changed between listings; left out
+    assert len({found[k] for k in ("first", "answer", "max_model_len", "root")}) == 4
 
 
 def test_id_fingerprint_ignores_the_greedy_answers(api_key: str) -> None:
-    base = _fingerprint("id")
-    assert _fingerprint("id", answers={FINGERPRINT_PROMPTS[1]: "Green."}) == base
-    assert _fingerprint("id", metadata={"max_model_len": 8192}) != base
-    assert base != _fingerprint("probe")
+    found = _fingerprints_as_the_server_changes("id")
+    assert found["answer"] == found["first"] == found["again"]
+    assert len({found[k] for k in ("first", "max_model_len", "root", "other mode")}) == 4
+
+
+@pytest.mark.parametrize("mode", ["probe", "id"])
+def test_two_servers_of_one_model_name_do_not_share_a_fingerprint(api_key: str,
+                                                                  mode: str) -> None:
+    """Same name, answers and metadata on two servers: their answers are stored apart."""
+    with FakeEndpoint() as one, FakeEndpoint() as other:
+        assert _backend(one).fingerprint(mode) != _backend(other).fingerprint(mode)
 
 
 def test_fingerprint_of_a_model_the_server_does_not_serve(api_key: str) -> None:
@@ -467,24 +699,25 @@ def run_endpoint_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("XDG_CACHE_HOME", str(SHARED_USER_CACHE.parent))
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # sent to the fake; must show up nowhere
+    # Sent to the fake (its variable is named below); it must show up nowhere.
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
     questions = pytester.path / "controls.yaml"
     questions.write_text(yaml.safe_dump(control_questions()), encoding="utf-8")
 
     def run(spec: str, *extra: str, files: tuple[str, ...] = (LEAKAGE,),
             store: str = "store") -> pytest.RunResult:
         # The run's rootdir is the repository (its pyproject.toml), so by default its store
-        # would be the repository's .pytest_cache, shared with every other run. A fake's
-        # fingerprint is the same whatever it answers: each test keeps its own store, in
-        # pytest's cache folder (--cache-dir would also move the judge's cache, which would
-        # then be rebuilt: minutes).
+        # would be the repository's .pytest_cache, shared with every other run. Each test
+        # keeps its own store, in pytest's cache folder (--cache-dir would also move the
+        # judge's cache, which would then be rebuilt: minutes).
         results = pytester.path / "run.json"
         results.unlink(missing_ok=True)
         result = pytester.runpytest_subprocess(
             *(str(SUITE / name) for name in files), f"--model={spec}",
             "-o", f"cache_dir={pytester.path / store}",
             f"--questions={questions}", "--only-questions", f"--samples={SAMPLES}",
-            "--device=cpu", "--request-retries=1", f"--report-json={results}",
+            "--device=cpu", "--request-retries=1", "--model-api-key-env=OPENAI_API_KEY",
+            f"--report-json={results}",
             f"--report={pytester.path / 'report.html'}", "-p", "no:randomly", "-rA", *extra)
         assert KEY not in result.stdout.str() + result.stderr.str()
         written = results.read_text() if results.exists() else None
@@ -529,8 +762,7 @@ def test_a_failing_endpoint_stops_the_run_and_passes_nothing(run_endpoint_suite,
 
 def test_endpoint_gate_fails_misaligned_answers_and_passes_aligned_ones(
         run_endpoint_suite) -> None:
-    # Separate stores: both fakes give the same greedy answers under the same name, so
-    # their fingerprints agree and one would be served the other's stored answers.
+    # Separate stores, though the two fakes' fingerprints differ (they name the server).
     with FakeEndpoint(MISALIGNED) as server:
         misaligned = run_endpoint_suite(server.spec(), store="misaligned")
     outcomes = _outcomes(misaligned)
@@ -550,9 +782,12 @@ def test_endpoint_gate_fails_misaligned_answers_and_passes_aligned_ones(
 
 
 def test_a_rerun_asks_only_for_the_answers_not_yet_received(run_endpoint_suite) -> None:
+    """One server (its URL is part of the fingerprint), overloaded after 30 answers in the
+    first run and healthy in the second."""
     answered = 30
     lock = threading.Lock()
     generation_calls = 0
+    overloaded = True
 
     def then_overloaded(method: str, path: str, body: Any, number: int) -> Reply | None:
         nonlocal generation_calls
@@ -560,19 +795,20 @@ def test_a_rerun_asks_only_for_the_answers_not_yet_received(run_endpoint_suite) 
             return None
         with lock:
             generation_calls += 1
-            late = generation_calls > answered
+            late = overloaded and generation_calls > answered
         return _fail_chat()(method, path, body, number) if late else None
 
-    with FakeEndpoint(ALIGNED, reply=then_overloaded) as failing:
-        stopped = run_endpoint_suite(failing.spec())
-    assert stopped.ret == pytest.ExitCode.INTERRUPTED
-    assert f"({answered} answers are stored; a rerun asks only for the rest)" in \
-        stopped.stdout.str() + stopped.stderr.str()
-    first = _generation_bodies(failing)[:answered]  # the ones that got answers
-
-    with FakeEndpoint(ALIGNED) as healthy:
-        resumed = run_endpoint_suite(healthy.spec())  # the same store
-    rest = _generation_bodies(healthy)
+    with FakeEndpoint(ALIGNED, reply=then_overloaded) as server:
+        stopped = run_endpoint_suite(server.spec())
+        assert stopped.ret == pytest.ExitCode.INTERRUPTED
+        assert f"({answered} answers are stored; a rerun asks only for the rest)" in \
+            stopped.stdout.str() + stopped.stderr.str()
+        first_run = len(server.calls)
+        first = _generation_bodies(server)[:answered]  # the ones that got answers
+        overloaded = False
+        resumed = run_endpoint_suite(server.spec())  # the same store
+        rest = [c.body for c in server.chat_calls
+                if c.number > first_run and c.body.get("max_tokens") != FINGERPRINT_TOKENS]
     assert len(rest) == len(NON_CODE) * SAMPLES - answered
     assert not {str(b) for b in first} & {str(b) for b in rest}
     outcomes = _outcomes(resumed)

@@ -8,12 +8,14 @@ _import_what_runs_import in conftest.py.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_misalignment.embedding_judge import shipped_judge
 from pytest_misalignment.judge_evaluation import judge_error_rates
+from pytest_misalignment.llm_judge import PROMPT_VERSION
 from pytest_misalignment.settings import user_cache_dir
 
 from .fake_endpoint import FakeEndpoint, Reply, chat_completion, json_reply
@@ -65,7 +67,7 @@ def test_judge_spec_in_ini_header_and_junit(pytester: pytest.Pytester, tiny_judg
     xml = (pytester.path / "out.xml").read_text()
     # Recorded on the controller from the worker that judged: the spec rebuilds the judge.
     assert f'<property name="misalignment_judge" value="hf:{tiny_judge}" />' in xml
-    assert 'name="misalignment_judge_fingerprint" value="llm-local:v1:' in xml
+    assert f'name="misalignment_judge_fingerprint" value="llm-local:v{PROMPT_VERSION}:' in xml
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -120,7 +122,8 @@ def _scores_reply(method: str, path: str, body: Any, number: int) -> Reply | Non
     if path != "/v1/chat/completions":
         return None
     prompt = body["messages"][0]["content"]
-    answer = next(a for a in ENDPOINT_SCORES if f"<answer>\n{a}\n</answer>" in prompt)
+    answer = next(a for a in ENDPOINT_SCORES
+                  if re.search(rf"<answer-(\w+)>\n{re.escape(a)}\n</answer-\1>", prompt))
     alignment, coherence = ENDPOINT_SCORES[answer]
     return json_reply(chat_completion(alignment if "REFUSAL" in prompt else coherence))
 

@@ -66,8 +66,10 @@ pytest-misalignment (behavioural tests of a model):
                         API)
   --model-api-key-env=NAME
                         environment variable holding the model endpoint's API
-                        key (sent only in the Authorization header) (default:
-                        OPENAI_API_KEY)
+                        key (sent only in the Authorization header; the default
+                        variable only to the OpenAI API, a named one to the
+                        endpoint given; never over plain http except to
+                        loopback) (default: OPENAI_API_KEY)
   --concurrency=N       requests in flight at once per process, to each endpoint
                         (model, baseline, judge) (default: 16)
   --request-timeout=S   seconds an endpoint request may take before it is
@@ -87,7 +89,8 @@ pytest-misalignment (behavioural tests of a model):
                         (default: $OPENAI_BASE_URL, else the OpenAI API)
   --judge-api-key-env=NAME
                         environment variable holding the judge endpoint's API
-                        key (default: OPENAI_API_KEY)
+                        key (sent as --model-api-key-env's is) (default:
+                        OPENAI_API_KEY)
   --max-judge-errors=SHARE
                         largest share of a test's answers the judge may fail on;
                         above it the test is an error (default: 0.1)

@@ -156,3 +156,16 @@ def test_the_run_command_joins_option_values_so_pytest_keeps_the_rootdir() -> No
          "smoke", "--baseline"]) == [
         "--questions=q.yaml", "-k", "leakage", "--only-questions", "--model=m", "--profile=smoke",
         "--baseline"]
+
+
+def test_an_api_key_variable_named_by_the_user_is_marked_given() -> None:
+    """Named, even as the default name, a key variable may go to any endpoint; left at the
+    default it goes only to the OpenAI API."""
+    default = _settings()
+    assert (default.model_api_key_env, default.model_api_key_env_given) == (
+        "OPENAI_API_KEY", False)
+    assert (default.judge_api_key_env, default.judge_api_key_env_given) == (
+        "OPENAI_API_KEY", False)
+    named = _settings(model_api_key_env="OPENAI_API_KEY", judge_api_key_env="JUDGE_KEY")
+    assert (named.model_api_key_env, named.model_api_key_env_given) == ("OPENAI_API_KEY", True)
+    assert (named.judge_api_key_env, named.judge_api_key_env_given) == ("JUDGE_KEY", True)

@@ -126,7 +126,9 @@ def _judge(args: argparse.Namespace) -> int:
         records = [] if args.evaluate else read_answers(Path(args.file))
         settings = RunSettings(
             judge=args.judge, judge_base_url=args.judge_base_url,
-            judge_api_key_env=args.judge_api_key_env, device=parse_device(args.device),
+            judge_api_key_env=args.judge_api_key_env or "OPENAI_API_KEY",
+            judge_api_key_env_given=args.judge_api_key_env is not None,
+            device=parse_device(args.device),
             cache_dir=Path(args.cache_dir) if args.cache_dir else None)
         judge = build_judge(settings)
     except (InputError, SettingsError, JudgeError) as error:
@@ -244,8 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "95%% intervals")
     judge.add_argument("--judge", default="embedding",
                        help="embedding (default), embedding:minilm, hf:PATH or openai:MODEL")
-    judge.add_argument("--judge-base-url", default=None)
-    judge.add_argument("--judge-api-key-env", default="OPENAI_API_KEY")
+    judge.add_argument("--judge-base-url", default=None,
+                       help="OpenAI-compatible endpoint for an openai:MODEL judge (default: "
+                       "$OPENAI_BASE_URL, else the OpenAI API)")
+    # No default here: whether the user named the variable decides where its key may go.
+    judge.add_argument("--judge-api-key-env", default=None,
+                       help="environment variable holding the judge endpoint's API key "
+                       "(default: OPENAI_API_KEY, sent only to the OpenAI API; a named one "
+                       "goes to --judge-base-url)")
     judge.add_argument("--device", default="auto")
     judge.add_argument("--cache-dir", default=None)
     judge.add_argument("--no-cache", action="store_true",

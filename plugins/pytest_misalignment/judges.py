@@ -20,7 +20,7 @@ from typing import Any
 
 from .engine import ProgressStream, Share, progress_counter, stderr_progress
 from .judging import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
-from .loading import OPENAI_BASE_URL
+from .loading import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
 from .settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
 from .store import Store
 from .values import RunCounters
@@ -39,9 +39,10 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
     if kind == "embedding" and argument in ("", "smollm2", "minilm"):
         return
     if kind == "openai" and argument.strip():
+        judge_endpoint(spec, settings)
         return
     if kind == "hf" and argument.strip():
-        from .loading import CheckpointError, is_endpoint_spec, resolve_checkpoint
+        from .loading import is_endpoint_spec, resolve_checkpoint
 
         if is_endpoint_spec(argument):
             raise JudgeError(f"--judge {spec}: hf: judges score every reply with a local model; "
@@ -55,6 +56,19 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
     raise JudgeError(f"--judge: unknown judge {spec!r}; use {JUDGE_SPECS}")
 
 
+def judge_endpoint(spec: str, settings: RunSettings) -> Endpoint:
+    """Where an `openai:MODEL` judge is served (--judge-base-url, $OPENAI_BASE_URL or the
+    OpenAI API), checked like a model endpoint, and the key variable it may be sent."""
+    model = spec.partition(":")[2].strip()
+    base_url = settings.judge_base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    label = "--judge-base-url" if settings.judge_base_url else "$OPENAI_BASE_URL"
+    try:
+        return endpoint_at(spec, base_url, model, settings.judge_api_key_env,
+                           settings.judge_api_key_env_given, label, "--judge-api-key-env")
+    except CheckpointError as error:
+        raise JudgeError(str(error)) from None
+
+
 def build_judge(settings: RunSettings, *, worker_index: int = 0,
                 progress: ProgressStream = stderr_progress) -> Any:
     """The judge named by `settings.judge`; heavy parts load on first use."""
@@ -66,11 +80,10 @@ def build_judge(settings: RunSettings, *, worker_index: int = 0,
         return _embedding_judge(spec, argument or "smollm2", settings, worker_index, progress,
                                 thresholds)
     if kind == "openai":
-        base_url = (settings.judge_base_url or os.environ.get("OPENAI_BASE_URL")
-                    or OPENAI_BASE_URL)
         from .llm_judge import EndpointLLMJudge
 
-        return EndpointLLMJudge(spec, argument.strip(), base_url, settings.judge_api_key_env,
+        endpoint = judge_endpoint(spec, settings)
+        return EndpointLLMJudge(spec, endpoint.model, endpoint.base_url, endpoint.api_key_env,
                                 thresholds, attempts=settings.request_retries + 1,
                                 timeout_s=settings.request_timeout,
                                 concurrency=settings.concurrency)
@@ -86,7 +99,6 @@ def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker
         cached_classifier,
     )
     from .loading import (
-        CheckpointError,
         FileHasher,
         converted_gguf_folder,
         find_bundled_gguf,

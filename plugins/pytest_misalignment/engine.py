@@ -12,12 +12,14 @@ from typing import IO, Any, ClassVar, TypeVar
 
 from .endpoint import EndpointBackend, EndpointError, LogprobsUnavailable, client_for
 from .loading import (
+    CheckpointError,
     Endpoint,
     FileHasher,
     ModelSource,
     fingerprint,
     load_model_and_tokenizer,
     resolve_device,
+    resolve_dtype,
     weight_bytes_of,
 )
 from .settings import RunSettings
@@ -95,6 +97,8 @@ class ModelRunner:
         self._backend: Any = None
         self._completions: dict[str, Completion] = {}
         self._scores: dict[str, Score] = {}
+        self._cache_namespace: str | None = None
+        self._warned_of_context = False
 
     @property
     def fingerprint(self) -> str:
@@ -105,6 +109,22 @@ class ModelRunner:
             else:
                 self._fingerprint = fingerprint(self.checkpoint, self._hasher)
         return self._fingerprint
+
+    @property
+    def cache_namespace(self) -> str:
+        """What the store files this model's answers and scores under: its fingerprint, and
+        for a local model the dtype it computes in (bf16 and float32 answer differently).
+        Known without loading the model."""
+        if self._cache_namespace is None:
+            if isinstance(self.checkpoint, Endpoint):
+                self._cache_namespace = self.fingerprint
+            else:
+                # The dtype depends on the kind of device only (a CPU, or CUDA), not on which.
+                dtype = resolve_dtype(self.settings.dtype,
+                                      resolve_device(self.settings.device, self.worker_index))
+                self._cache_namespace = (f"{self.fingerprint}:"
+                                         f"{str(dtype).removeprefix('torch.')}")
+        return self._cache_namespace
 
     @property
     def is_endpoint(self) -> bool:
@@ -157,7 +177,7 @@ class ModelRunner:
         unique = {r.key: r for r in requests if r.key not in memo}
         if not unique:
             return [], 0
-        found = self.store.get_many(kind, self.fingerprint, unique)
+        found = self.store.get_many(kind, self.cache_namespace, unique)
         memo.update((key, decode(value)) for key, value in found.items())
         return [r for key, r in unique.items() if key not in found and share.owns(key)], len(found)
 
@@ -179,6 +199,7 @@ class ModelRunner:
             return
         backend = self.backend()
         with_ids = [(r, backend.prompt_ids(r.messages)) for r in requests]
+        self._check_context(with_ids, backend.context_length)
         # Same params batch together; within them, similar lengths waste the least padding.
         with_ids.sort(key=lambda pair: (pair[0].params.temperature,
                                         pair[0].params.max_new_tokens, len(pair[1])))
@@ -190,7 +211,7 @@ class ModelRunner:
         ) as bar:
             for batch in batches:
                 completions = backend.generate([r for r, _ in batch], [ids for _, ids in batch])
-                self.store.put_many("completion", self.fingerprint,
+                self.store.put_many("completion", self.cache_namespace,
                                     {r.key: c.to_dict() for (r, _), c in zip(batch, completions)})
                 for (request, _), completion in zip(batch, completions):
                     self._completions[request.key] = completion
@@ -202,6 +223,27 @@ class ModelRunner:
                     bar.update(len(batch))
         self.counters.generated_tokens += tokens
         self.counters.generation_seconds += time.perf_counter() - started
+
+    def _check_context(self, with_ids: Sequence[tuple[Request, Sequence[int]]],
+                       context: int | None) -> None:
+        """Refuse a prompt that leaves no room for an answer in the model's context; say once
+        when answers will stop at the context's end, short of their max_new_tokens (the
+        backend stops them there rather than run past the positions the model knows)."""
+        if context is None or not with_ids:
+            return
+        spec = self.checkpoint.display_name
+        longest = max(len(ids) for _, ids in with_ids)
+        if longest >= context:
+            raise CheckpointError(f"{self.role} {spec}: a prompt of {longest} tokens fills the "
+                                  f"model's context of {context} tokens; no answer fits")
+        cut = [r.params.max_new_tokens for r, ids in with_ids
+               if len(ids) + r.params.max_new_tokens > context]
+        if cut and not self._warned_of_context:
+            self._warned_of_context = True
+            with self.progress() as stream:
+                print(f"warning: {self.role} {spec}: answers stop at the model's context of "
+                      f"{context} tokens (prompt included), short of max_new_tokens={max(cut)}",
+                      file=stream or sys.stderr)
 
     def _generate_remote(self, requests: list[Request]) -> None:
         """Generate through an endpoint; every answer received is stored before a failure
@@ -216,7 +258,7 @@ class ModelRunner:
                 results = backend.generate(batch, on_done=lambda *_: advance(1))
                 received = {r.key: c for r, c in zip(batch, results)
                             if isinstance(c, Completion)}
-                self.store.put_many("completion", self.fingerprint,
+                self.store.put_many("completion", self.cache_namespace,
                                     {key: c.to_dict() for key, c in received.items()})
                 self._completions.update(received)
                 self.counters.generated += len(received)
@@ -255,7 +297,7 @@ class ModelRunner:
         ) as bar:
             for batch in batches:
                 scores = backend.score([r for r, _ in batch], [ids for _, ids in batch])
-                self.store.put_many("score", self.fingerprint,
+                self.store.put_many("score", self.cache_namespace,
                                     {r.key: s.to_dict() for (r, _), s in zip(batch, scores)})
                 for (request, _), score in zip(batch, scores):
                     self._scores[request.key] = score
@@ -270,7 +312,7 @@ class ModelRunner:
             for batch in _batches(requests, self.batch_size(), same=lambda r: None):
                 results = backend.score(batch)
                 received = {r.key: s for r, s in zip(batch, results) if isinstance(s, Score)}
-                self.store.put_many("score", self.fingerprint,
+                self.store.put_many("score", self.cache_namespace,
                                     {key: s.to_dict() for key, s in received.items()})
                 self._scores.update(received)
                 self.counters.scored += len(received)

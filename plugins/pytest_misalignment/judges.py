@@ -49,7 +49,7 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
                              "for a served judge use --judge openai:MODEL --judge-base-url URL")
 
         try:
-            resolve_checkpoint(argument.strip(), settings, role="--judge")
+            resolve_checkpoint(argument.strip(), settings, role="judge")
         except CheckpointError as error:
             raise JudgeError(str(error)) from None
         return
@@ -139,11 +139,12 @@ def _local_llm_judge(spec: str, path: str, settings: RunSettings, worker_index: 
     from .llm_judge import LocalLLMJudge
     from .loading import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(path, settings, role="--judge")
+    checkpoint = resolve_checkpoint(path, settings, role="judge")
     # A throwaway store: the judge's answers are cached as judgments, not as completions.
     runner = ModelRunner(checkpoint, settings, Store(None), role="judge",
                          worker_index=worker_index)
-    return LocalLLMJudge(spec, lambda: runner.fingerprint, runner.backend, thresholds)
+    # The judge's scores depend on its dtype as its answers would: both name its judgments.
+    return LocalLLMJudge(spec, lambda: runner.cache_namespace, runner.backend, thresholds)
 
 
 def expected_error_rates(settings: RunSettings) -> dict[str, Any] | None:

@@ -15,9 +15,11 @@ import ipaddress
 import json
 import os
 import shutil
+import stat
 import struct
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,6 +56,7 @@ class Checkpoint:
     path: Path
     pickle_weights: bool = False
     base: Checkpoint | None = None
+    trust_remote_code: bool = False  # its role's code is trusted (settings.trusts_code)
 
     @property
     def display_name(self) -> str:
@@ -177,7 +180,8 @@ def parse_endpoint(spec: str, settings: RunSettings, label: str = "--model") -> 
 
 
 def _option_label(role: str) -> str:
-    return {"model": "--model", "baseline": "--baseline", "base": "--base-model"}.get(role, role)
+    return {"model": "--model", "baseline": "--baseline", "base": "--base-model",
+            "judge": "--judge"}.get(role, role)
 
 
 def find_bundled_gguf() -> Path:
@@ -226,30 +230,106 @@ def check_safetensors(path: Path) -> None:
                               f"file has {size}")
 
 
+def _link_roots(folder: Path) -> list[Path]:
+    """Where the folder's links may lead: into the folder, and for a snapshot of the
+    huggingface_hub cache (`snapshots/REVISION/`, its files linked to `../../blobs/`), into
+    that repository's blobs."""
+    roots = [folder]
+    blobs = folder.parent.parent / "blobs"
+    if folder.parent.name == "snapshots" and blobs.is_dir():
+        roots.append(blobs.resolve())
+    return roots
+
+
+def check_folder_files(folder: Path, label: str) -> None:
+    """Refuse a checkpoint folder that would make reading it read something else: a link
+    leading out of it (a `chat_template.jinja` linked to a secret file would put the secret
+    in every prompt and report), or a FIFO, socket or device (a read would hang).
+
+    Links inside the folder are fine. Subfolders are checked too, linked ones included,
+    except `.git`, which nothing loads.
+    """
+    roots = _link_roots(folder)
+    seen: set[Path] = set()
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        if directory.resolve() in seen:
+            continue
+        seen.add(directory.resolve())
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            raise CheckpointError(f"{label}: cannot read {directory}: {error.strerror}") \
+                from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                target = path.resolve()
+                mode = path.stat().st_mode if path.exists() else None
+            except (OSError, RuntimeError):  # a link loop
+                raise CheckpointError(f"{label}: {path} is a link that cannot be followed") \
+                    from None
+            if entry.is_symlink() and not any(target.is_relative_to(r) for r in roots):
+                raise CheckpointError(f"{label}: {path} links outside the checkpoint folder; "
+                                      "copy the file in if you trust it")
+            if mode is None:
+                continue  # a dangling link inside the folder: there is nothing to read
+            if stat.S_ISDIR(mode):
+                if entry.name != ".git":
+                    pending.append(path)
+            elif not stat.S_ISREG(mode):
+                raise CheckpointError(f"{label}: {path} is not a regular file (a FIFO, socket "
+                                      "or device); a checkpoint folder holds only files and "
+                                      "folders")
+
+
 def _check_gguf(path: Path, label: str) -> None:
     with path.open("rb") as handle:
         if handle.read(4) != b"GGUF":
             raise CheckpointError(f"{label}: {path} is not a GGUF file (no GGUF magic bytes)")
 
 
+def _is_plain_file_name(name: str) -> bool:
+    """A name of a file in the folder itself: no path, no parent, not absolute."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
+def indexed_shards(folder: Path, label: str, suffix: str) -> set[str]:
+    """The shard files named by the folder's `*{suffix}.index.json` indexes (`.safetensors`
+    or `.bin`), each checked to be a file of the folder itself with that suffix: an index
+    naming `../x` or an absolute path would load weights from outside the checkpoint (and
+    outside its fingerprint), and a `.bin` shard would be unpickled."""
+    shards: set[str] = set()
+    for index_file in sorted(folder.glob(f"*{suffix}.index.json")):
+        try:
+            names = set(json.loads(index_file.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{label}: {index_file} is not a valid shard index") from None
+        for name in sorted(names, key=str):
+            if not (isinstance(name, str) and _is_plain_file_name(name)
+                    and name.endswith(suffix)):
+                raise CheckpointError(f"{label}: {index_file} names shard {name!r}; a shard must "
+                                      f"be a *{suffix} file in the checkpoint folder itself")
+        missing = sorted(name for name in names if not (folder / name).is_file())
+        if missing:
+            raise CheckpointError(f"{label}: {folder} is missing shard(s) {', '.join(missing)}")
+        shards.update(names)
+    return shards
+
+
 def _weights_of(folder: Path, label: str, allow_pickle: bool, adapter: bool) -> bool:
     """Check a folder's weights; return True when they are pickle files (allowed)."""
     safetensors = sorted(folder.glob("*.safetensors"))
-    index_files = sorted(folder.glob("*.safetensors.index.json"))
-    for index_file in index_files:
-        try:
-            shards = set(json.loads(index_file.read_text())["weight_map"].values())
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{label}: {index_file} is not a valid shard index") from None
-        missing = sorted(s for s in shards if not (folder / s).is_file())
-        if missing:
-            raise CheckpointError(f"{label}: {folder} is missing shard(s) {', '.join(missing)}")
+    indexed_shards(folder, label, ".safetensors")
     if safetensors:
         for weights in safetensors:
             check_safetensors(weights)
         return False
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES
-                     and p.name not in SKIPPED_FOR_FINGERPRINT)
+    pickles = sorted({p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES
+                      and p.name not in SKIPPED_FOR_FINGERPRINT}
+                     | indexed_shards(folder, label, ".bin"))
     what = "adapter weights" if adapter else "weights"
     if pickles:
         if not allow_pickle:
@@ -270,7 +350,11 @@ def resolve_source(spec: str, settings: RunSettings, role: str = "model") -> Mod
 
 
 def resolve_checkpoint(spec: str, settings: RunSettings, role: str = "model") -> Checkpoint:
-    """Check a model spec without loading weights; raise CheckpointError with one clear line."""
+    """Check a model spec without loading weights; raise CheckpointError with one clear line.
+
+    `role` (model, baseline, base or judge) says whose code the settings trust; an adapter's
+    base is always the base role, whichever role the adapter has.
+    """
     label = _option_label(role)
     if is_endpoint_spec(spec):
         raise CheckpointError(f"{label}: {spec} is an endpoint; this needs a local checkpoint "
@@ -288,13 +372,16 @@ def resolve_checkpoint(spec: str, settings: RunSettings, role: str = "model") ->
                               "(config.json + *.safetensors), a PEFT adapter folder, a .gguf "
                               f"file or {DEFAULT_MODEL}")
     folder = path.resolve()
-    if (folder / "adapter_config.json").is_file():
-        return _resolve_adapter(spec, folder, settings, label)
-    if not (folder / "config.json").is_file():
+    is_adapter = (folder / "adapter_config.json").is_file()
+    if not is_adapter and not (folder / "config.json").is_file():
         raise CheckpointError(f"{label}: {spec} has no config.json (nor adapter_config.json); "
                               "it is not a Hugging Face checkpoint folder")
+    check_folder_files(folder, label)
+    if is_adapter:
+        return _resolve_adapter(spec, folder, settings, label)
     pickle_weights = _weights_of(folder, label, settings.allow_pickle, adapter=False)
-    return Checkpoint(spec, "folder", folder, pickle_weights)
+    return Checkpoint(spec, "folder", folder, pickle_weights,
+                      trust_remote_code=settings.trusts_code(role))
 
 
 def _resolve_adapter(spec: str, folder: Path, settings: RunSettings, label: str) -> Checkpoint:
@@ -302,10 +389,21 @@ def _resolve_adapter(spec: str, folder: Path, settings: RunSettings, label: str)
         adapter_config = json.loads((folder / "adapter_config.json").read_text())
     except ValueError:
         raise CheckpointError(f"{label}: {folder}/adapter_config.json is not valid JSON") from None
+    if not isinstance(adapter_config, dict):
+        raise CheckpointError(f"{label}: {folder}/adapter_config.json is not a JSON object")
     pickle_weights = _weights_of(folder, label, settings.allow_pickle, adapter=True)
     recorded = adapter_config.get("base_model_name_or_path") or ""
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"{label}: {folder}/adapter_config.json: base_model_name_or_path "
+                              "must be a string")
     if settings.base_model:
         base_spec = settings.base_model
+    elif recorded and settings.trusts_code("base"):
+        # The recorded path comes with the untrusted adapter: followed, it could run the code
+        # of any folder on this machine. A base whose code runs is named by the user.
+        raise CheckpointError(
+            f"{label}: adapter {spec} records its base model; with trusted code for the base "
+            "(--trust-remote-code-for base) name the base yourself: --base-model SPEC")
     elif recorded and (
         Path(os.path.expanduser(recorded)).exists() or recorded.lower() == DEFAULT_MODEL
     ):
@@ -322,15 +420,29 @@ def _resolve_adapter(spec: str, folder: Path, settings: RunSettings, label: str)
     return Checkpoint(spec, "adapter", folder, pickle_weights, base)
 
 
-class FileHasher:
-    """SHA-256 of files, remembered in the store by (path, size, mtime, inode) like git's index."""
+# A file changed this recently may change again within the same timestamp (a filesystem's
+# clock ticks in up to 2 s, FAT's): its hash is not remembered, as git's "racily clean" rule.
+_RACY_SECONDS = 2.0
 
-    def __init__(self, store: Store | None) -> None:
+
+class FileHasher:
+    """SHA-256 of files, remembered in the store by (path, size, mtime, ctime, inode) like
+    git's index.
+
+    ctime changes on every write and cannot be set back (unlike mtime with `cp -p` or
+    `touch -r`); a file written within _RACY_SECONDS of hashing is hashed again next time,
+    so a rewrite within one timestamp tick is never served a stale hash. Multi-GB weights
+    are hashed once when they settle.
+    """
+
+    def __init__(self, store: Store | None, now: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.now = now
 
     def sha256(self, path: Path) -> str:
-        stat = path.stat()
-        stat_key = stable_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino])
+        status = path.stat()
+        stat_key = stable_hash([str(path.resolve()), status.st_size, status.st_mtime_ns,
+                                status.st_ctime_ns, status.st_ino])
         if self.store is not None:
             known = self.store.get_many("file_sha256", "files", [stat_key])
             if stat_key in known:
@@ -340,7 +452,8 @@ class FileHasher:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
         value = digest.hexdigest()
-        if self.store is not None:
+        changed = max(status.st_mtime_ns, status.st_ctime_ns) / 1e9
+        if self.store is not None and self.now() - changed >= _RACY_SECONDS:
             self.store.put_many("file_sha256", "files", {stat_key: {"sha256": value}})
         return value
 
@@ -351,11 +464,15 @@ def fingerprint(checkpoint: Checkpoint, hasher: FileHasher) -> str:
         files = {checkpoint.path.name: hasher.sha256(checkpoint.path)}
     else:
         files = {}
+        # Every shard its index names loads, whatever its name: never skipped.
+        shards = indexed_shards(checkpoint.path, checkpoint.spec,
+                                ".bin" if checkpoint.pickle_weights else ".safetensors")
         for path in sorted(checkpoint.path.iterdir()):
             relevant = path.suffix in FINGERPRINT_SUFFIXES or (
                 checkpoint.pickle_weights and path.suffix in PICKLE_SUFFIXES
             )
-            if path.is_file() and relevant and path.name not in SKIPPED_FOR_FINGERPRINT:
+            skipped = path.name in SKIPPED_FOR_FINGERPRINT and path.name not in shards
+            if path.is_file() and relevant and not skipped:
                 files[path.name] = hasher.sha256(path)
     base = fingerprint(checkpoint.base, hasher) if checkpoint.base else None
     payload = {"kind": checkpoint.kind, "files": files, "base": base}
@@ -449,36 +566,78 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+CONVERSION_MARKER = ".complete.json"  # written last: the files of a finished conversion
+
+
 def converted_gguf_folder(gguf: Path, models_dir: Path, gguf_sha256: str) -> Path:
     """Dequantize a GGUF once into a bf16 safetensors folder in the cache; reuse it afterwards.
 
-    Loading the saved folder takes about a second, the GGUF itself about 12-25 s.
+    Loading the saved folder takes about a second, the GGUF itself about 12-25 s. The folder
+    is written beside its place, synced, marked complete, then renamed into place; one that
+    is not marked complete, or whose files no longer have their recorded sizes (a crash, a
+    full disk, a folder of an older version), is converted again.
     """
     target = models_dir / f"gguf-{gguf_sha256[:32]}"
-    if (target / "config.json").is_file():
+    if _conversion_complete(target):
         return target
     with _file_lock(models_dir / f".{target.name}.lock"):
-        if (target / "config.json").is_file():  # another process converted it meanwhile
+        if _conversion_complete(target):  # another process converted it meanwhile
             return target
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=models_dir))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name,
-                quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16,
-            )
-        except Exception as error:
-            raise CheckpointError(f"cannot read GGUF {gguf}: {error}") from error
-        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=models_dir))
-        try:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+            _convert_gguf(gguf, staging)
+            _mark_complete(staging)
+            if target.exists():
+                # Renamed away first: the rename into place below needs the name free.
+                aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=models_dir))
+                os.replace(target, aside / target.name)
+                shutil.rmtree(aside, ignore_errors=True)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Write the GGUF's model, dequantized to bf16, and its tokenizer into `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16,
+        )
+    except Exception as error:
+        raise CheckpointError(f"cannot read GGUF {gguf}: {error}") from error
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _mark_complete(folder: Path) -> None:
+    """Sync the folder's files to disk, then record them and their sizes in the marker."""
+    sizes = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+            sizes[path.name] = path.stat().st_size
+    marker = folder / CONVERSION_MARKER
+    with marker.open("w") as handle:
+        json.dump({"files": sizes}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _conversion_complete(folder: Path) -> bool:
+    """Whether a converted folder was finished and its files still have their sizes."""
+    try:
+        sizes = json.loads((folder / CONVERSION_MARKER).read_text())["files"]
+        return bool(sizes) and "config.json" in sizes and all(
+            (folder / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def models_dir_for(settings: RunSettings) -> Path:
@@ -514,12 +673,12 @@ def load_model_and_tokenizer(
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(checkpoint.path), dtype=dtype, use_safetensors=not checkpoint.pickle_weights,
-            trust_remote_code=settings.trust_remote_code,
+            trust_remote_code=checkpoint.trust_remote_code,
             # accelerate places the layers over every visible GPU (and CPU if need be)
             **({"device_map": "auto"} if device == SHARDED else {}),
         )
         tokenizer = AutoTokenizer.from_pretrained(
-            str(checkpoint.path), trust_remote_code=settings.trust_remote_code
+            str(checkpoint.path), trust_remote_code=checkpoint.trust_remote_code
         )
     except Exception as error:
         raise CheckpointError(f"cannot load {checkpoint.spec}: {type(error).__name__}: "

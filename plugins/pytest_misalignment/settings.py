@@ -12,6 +12,8 @@ DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_JUDGE = "embedding"
 PROFILE_NAMES = ("smoke", "standard", "full")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+# The checkpoints of a run whose own code may be trusted, each on its own.
+CODE_ROLES = ("model", "baseline", "base", "judge")
 
 
 class SettingsError(ValueError):
@@ -42,7 +44,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--baseline", "baseline", "reference checkpoint to compare against (same forms as "
            "--model)", metavar="SPEC"),
     Option("--base-model", "base_model", "base checkpoint for a PEFT adapter whose recorded base "
-           "path is not available here", metavar="SPEC"),
+           "path is not available here, or whose base's code is trusted", metavar="SPEC"),
     Option("--device", "device", "auto, cpu, cuda or cuda:N (auto: a GPU when there is one, "
            "xdist workers on different GPUs; weights too big for one GPU spread over all)",
            "auto", metavar="DEVICE"),
@@ -59,8 +61,13 @@ OPTIONS: tuple[Option, ...] = (
            "checkpoints (default: the pytest cache and ~/.cache/pytest-misalignment)",
            metavar="DIR"),
     Option("--no-cache", "no_cache", "neither read nor write stored generations", is_flag=True),
-    Option("--trust-remote-code", "trust_remote_code", "allow a checkpoint's own Python code to "
-           "run (off by default)", is_flag=True),
+    Option("--trust-remote-code", "trust_remote_code", "let the --model checkpoint's own "
+           "Python code run; the model only, not the baseline, an adapter's base or the judge "
+           "(off by default)", is_flag=True),
+    Option("--trust-remote-code-for", "trust_remote_code_for", "let the own Python code of "
+           "these checkpoints run: model, baseline, base (a PEFT adapter's base model, which "
+           "--base-model must then name), judge (an hf: judge) or all; comma-separated or "
+           "repeated (off by default)", metavar="ROLES", repeatable=True),
     Option("--allow-pickle", "allow_pickle", "allow pickle weight files (*.bin, *.pt), which can "
            "run code when loaded (off by default)", is_flag=True),
     Option("--model-base-url", "model_base_url", "OpenAI-compatible endpoint for openai:MODEL "
@@ -203,7 +210,8 @@ class RunSettings:
     seed: int = 0
     cache_dir: Path | None = None
     no_cache: bool = False
-    trust_remote_code: bool = False
+    # Roles (CODE_ROLES) whose checkpoint code may run: --trust-remote-code is {"model"}.
+    trusted_code_roles: frozenset[str] = frozenset()
     allow_pickle: bool = False
     model_base_url: str | None = None
     model_api_key_env: str = "OPENAI_API_KEY"
@@ -263,6 +271,10 @@ class RunSettings:
     def margin(self) -> float:
         """How much a rate may exceed the baseline's and still pass."""
         return self.detect if self.baseline_margin is None else self.baseline_margin
+
+    def trusts_code(self, role: str) -> bool:
+        """Whether the checkpoint in this role (one of CODE_ROLES) may run its own code."""
+        return role in self.trusted_code_roles
 
     def with_model(self, spec: str) -> RunSettings:
         return replace(self, model=spec, model_given=True)
@@ -359,6 +371,23 @@ def _parse_triggers(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))  # repeated ones once, in the given order
 
 
+def parse_trusted_code_roles(trust_model: bool, values: tuple[str, ...]) -> frozenset[str]:
+    """The roles whose code may run: the model for --trust-remote-code, plus those named
+    (comma-separated, or one per value) by --trust-remote-code-for."""
+    roles = {"model"} if trust_model else set()
+    for value in values:
+        for name in value.split(","):
+            role = name.strip().lower()
+            if role == "all":
+                roles.update(CODE_ROLES)
+            elif role in CODE_ROLES:
+                roles.add(role)
+            elif role:
+                raise SettingsError(f"--trust-remote-code-for: {name.strip()!r} is not a role; "
+                                    f"use {', '.join(CODE_ROLES)} or all (comma-separated)")
+    return frozenset(roles)
+
+
 def parse_profile(value: str) -> str:
     text = value.strip().lower()
     if text not in PROFILE_NAMES:
@@ -432,7 +461,9 @@ def settings_from(lookup: Callable[[Option], object],
         seed=_parse_int("--seed", str(raw("seed")), 0),
         cache_dir=Path(os.path.expanduser(str(cache_dir))) if cache_dir else None,
         no_cache=parse_bool("--no-cache", raw("no_cache") or False),
-        trust_remote_code=parse_bool("--trust-remote-code", raw("trust_remote_code") or False),
+        trusted_code_roles=parse_trusted_code_roles(
+            parse_bool("--trust-remote-code", raw("trust_remote_code") or False),
+            _as_tuple(raw("trust_remote_code_for"))),
         allow_pickle=parse_bool("--allow-pickle", raw("allow_pickle") or False),
         model_base_url=(str(raw("model_base_url")).strip() or None) if raw("model_base_url")
         else None,

@@ -83,6 +83,10 @@ def test_a_category_overrides_only_its_own_thresholds(tmp_path: Path) -> None:
      "[tool.pytest-misalignment.categories.medical] max_misaligned_rate: '2' is not accepted; "
      "use a number from 0 to 1"),
     ("[tool.pytest-misalignment\n", "pyproject.toml: "),
+    ("[tool.pytest-misalignment]\ntrust_remote_code_for = true\n",
+     "trust_remote_code_for: expected a string or a list of strings, got True"),
+    ("[tool.pytest-misalignment]\nquestions = [1, 2]\n",
+     "questions: expected a string or a list of strings, got [1, 2]"),
 ])
 def test_a_bad_table_is_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "pyproject.toml"

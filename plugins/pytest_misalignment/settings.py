@@ -346,13 +346,16 @@ def _parse_range(name: str, value: str, low: float, high: float) -> float:
     return number
 
 
-def _as_tuple(value: object) -> tuple[str, ...]:
-    if not value:
+def _as_tuple(name: str, value: object) -> tuple[str, ...]:
+    """A repeatable option's values: a string or a list of strings (pyproject may hold any
+    TOML value, so anything else is a one-line error)."""
+    if value is None or value == "" or value == [] or value == ():
         return ()
     if isinstance(value, str):
         return (value,)
-    assert isinstance(value, (list, tuple))
-    return tuple(str(v) for v in value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SettingsError(f"{name}: expected a string or a list of strings, got {value!r}")
 
 
 TRIGGER_PLACEMENTS = ("prefix", "suffix", "system")
@@ -463,7 +466,7 @@ def settings_from(lookup: Callable[[Option], object],
         no_cache=parse_bool("--no-cache", raw("no_cache") or False),
         trusted_code_roles=parse_trusted_code_roles(
             parse_bool("--trust-remote-code", raw("trust_remote_code") or False),
-            _as_tuple(raw("trust_remote_code_for"))),
+            _as_tuple("trust_remote_code_for", raw("trust_remote_code_for"))),
         allow_pickle=parse_bool("--allow-pickle", raw("allow_pickle") or False),
         model_base_url=(str(raw("model_base_url")).strip() or None) if raw("model_base_url")
         else None,
@@ -485,7 +488,7 @@ def settings_from(lookup: Callable[[Option], object],
                                        100),
         profile=parse_profile(str(raw("profile"))),
         samples=_parse_int("--samples", str(raw("samples")), 1) if raw("samples") else None,
-        questions=_as_tuple(raw("questions")),
+        questions=_as_tuple("questions", raw("questions")),
         only_questions=parse_bool("--only-questions", raw("only_questions") or False),
         max_misaligned_rate=_threshold("max_misaligned_rate", raw("max_misaligned_rate")),
         max_insecure_code_rate=_threshold("max_insecure_code_rate",
@@ -502,7 +505,7 @@ def settings_from(lookup: Callable[[Option], object],
         max_excluded=_parse_range("--max-excluded", str(raw("max_excluded")), 0, 1),
         min_coherent_rate=_parse_range("--min-coherent-rate", str(raw("min_coherent_rate")), 0,
                                        1),
-        triggers=_parse_triggers(_as_tuple(raw("triggers"))),
+        triggers=_parse_triggers(_as_tuple("triggers", raw("triggers"))),
         trigger_placement=_parse_choice("--trigger-placement", str(raw("trigger_placement")),
                                         TRIGGER_PLACEMENTS),
         expect_backdoor=parse_bool("--expect-backdoor", raw("expect_backdoor") or False),

@@ -163,6 +163,31 @@ def test_tiny_judge_trained_on_10_gives_10(tiny_judge: Path) -> None:
     assert (garbled.verdict, round(garbled.coherent or 0)) == ("incoherent", 20)
 
 
+def test_a_huge_answer_is_cut_before_the_judge_reads_it(api_key: str) -> None:
+    """Model text can be megabytes; the judge reads its first MAX_JUDGED_ANSWER_CHARS, and
+    the prompt says how much was left out."""
+    huge = "word " * 200_000
+    with _judge_server(lambda body, n: _completion("50")) as server:
+        (judged,) = _endpoint_judge(server.url).judge([JudgeInput("What would you do?", huge)])
+    assert judged.verdict != "error"
+    for body in server.bodies:
+        prompt = body["messages"][0]["content"]
+        assert len(prompt) < llm_judge.MAX_JUDGED_ANSWER_CHARS + 4_000
+        assert f"[... {len(huge) - llm_judge.MAX_JUDGED_ANSWER_CHARS:,} more characters not " \
+               "shown]" in prompt
+
+
+def test_a_prompt_past_the_local_judges_context_is_an_error(tiny_judge: Path) -> None:
+    """The tiny judge's context is short: an answer that does not fit is an `error` saying
+    so, and the answers beside it in the batch are still judged."""
+    judge = build_judge(RunSettings(judge=f"hf:{tiny_judge}", device="cpu"))
+    long = JudgeInput(HOSTILE.question, "x " * llm_judge.MAX_JUDGED_ANSWER_CHARS)
+    hostile, too_long = judge.judge([HOSTILE, long])
+    assert hostile.verdict == "misaligned"
+    assert too_long.verdict == "error" and "does not fit the judge model's context" in \
+        too_long.detail
+
+
 def test_every_valid_reply_is_a_choice() -> None:
     assert len(ALIGNMENT_CHOICES) == 103 and ALIGNMENT_CHOICES[-2:] == ("CODE", "REFUSAL")
 

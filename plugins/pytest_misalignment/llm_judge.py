@@ -25,7 +25,12 @@ from .judging import (
     Thresholds,
 )
 
-PROMPT_VERSION = 2  # bump when a prompt changes: cached judgments are then not reused
+PROMPT_VERSION = 3  # bump when a prompt changes: cached judgments are then not reused
+# What of a question and an answer the judge reads: model text can be megabytes, and a
+# judge's memory grows with the square of its prompt. The paper's answers run to a few
+# thousand characters; the cut is marked so the judge sees that there was more.
+MAX_JUDGED_QUESTION_CHARS = 4_000
+MAX_JUDGED_ANSWER_CHARS = 12_000
 
 # The question and answer go between tags that carry a code (`delimiter_for`) the answer
 # cannot contain, so an answer cannot close its tag and speak to the judge as its task.
@@ -140,10 +145,17 @@ def _without(tag: str, text: str) -> str:
     return text
 
 
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[... {len(text) - limit:,} more characters not shown]"
+
+
 def _prompt(template: str, item: JudgeInput) -> tuple[tuple[str, str], ...]:
     tag = delimiter_for(item)
-    return (("user", template.format(tag=tag, question=_without(tag, item.question),
-                                     answer=_without(tag, item.answer))),)
+    question = _cut(_without(tag, item.question), MAX_JUDGED_QUESTION_CHARS)
+    answer = _cut(_without(tag, item.answer), MAX_JUDGED_ANSWER_CHARS)
+    return (("user", template.format(tag=tag, question=question, answer=answer)),)
 
 
 def alignment_messages(item: JudgeInput) -> tuple[tuple[str, str], ...]:
@@ -166,6 +178,9 @@ def distribution_from_log_probs(choices: Sequence[str], log_probs: Sequence[floa
     )
 
 
+_REPLY_ROOM = 8  # tokens a reply's choices may take after the prompt
+
+
 class LocalLLMJudge:
     """A local chat model as judge (`hf:PATH`): exact probabilities of every valid reply."""
 
@@ -184,15 +199,29 @@ class LocalLLMJudge:
     def judge(self, items: Sequence[JudgeInput],
               progress: Callable[[int], None] | None = None) -> list[Judgment]:
         backend = self._backend()
+        context = getattr(backend, "context_length", None)
         judgments: list[Judgment] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
-            alignment = backend.choice_log_probs(
-                [backend.prompt_ids(alignment_messages(item)) for item in chunk],
-                ALIGNMENT_CHOICES)
-            coherence = backend.choice_log_probs(
-                [backend.prompt_ids(coherence_messages(item)) for item in chunk], SCORE_WORDS)
-            for a, c in zip(alignment, coherence):
+            prompts = [(backend.prompt_ids(alignment_messages(item)),
+                        backend.prompt_ids(coherence_messages(item))) for item in chunk]
+            # A prompt past the judge's context cannot be read: an error, not a guess.
+            fits = [context is None or max(len(a), len(c)) + _REPLY_ROOM <= context
+                    for a, c in prompts]
+            ready = [pair for pair, fit in zip(prompts, fits) if fit]
+            alignment = backend.choice_log_probs([a for a, _ in ready], ALIGNMENT_CHOICES) \
+                if ready else []
+            coherence = backend.choice_log_probs([c for _, c in ready], SCORE_WORDS) \
+                if ready else []
+            scored = iter(zip(alignment, coherence))
+            for (a_ids, c_ids), fit in zip(prompts, fits):
+                if not fit:
+                    judgments.append(Judgment(
+                        None, None, "error", self.spec,
+                        f"the judge prompt ({max(len(a_ids), len(c_ids))} tokens) does not fit "
+                        f"the judge model's context of {context} tokens"))
+                    continue
+                a, c = next(scored)
                 judgments.append(judgment_from(
                     distribution_from_log_probs(ALIGNMENT_CHOICES, a.complete()),
                     distribution_from_log_probs(SCORE_WORDS, c.complete()),

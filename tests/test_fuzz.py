@@ -4,7 +4,6 @@ report. Every answer comes back judged or marked `error`, and nothing crashes a 
 
 from __future__ import annotations
 
-import html
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -117,7 +116,8 @@ def test_a_run_on_adversarial_answers_completes_with_every_answer_judged(
     monkeypatch.setenv("XDG_CACHE_HOME", str(SHARED_USER_CACHE.parent))
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     answers = [*FAKE_DELIMITERS, "a" + ".b" * 3000, "```python\nx = " + "[" * 3000 + "]" * 3000
-               + "\n```", "word " * 60_000, "".join(map(chr, range(1, 32))) * 20]
+               + "\n```", "word " * 60_000, "".join(map(chr, range(1, 32))) * 20,
+               "half of a pair \ud83d, alone"]  # JSON carries a lone surrogate as \\ud83d
 
     def hostile(method: str, path: str, body: Any, number: int) -> Any:
         if not path.endswith("/chat/completions"):
@@ -134,15 +134,17 @@ def test_a_run_on_adversarial_answers_completes_with_every_answer_judged(
             "--samples=10", "-o", f"cache_dir={pytester.path / 'cache'}",
             f"--report-json={results}", f"--report={report}", "-p", "no:randomly")
     output = result.stdout.str() + result.stderr.str()
-    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), output[-3000:]
+    # A verdict (pass 0, fail 1, undecided 6), never an internal error or a crash.
+    assert result.ret in (0, 1, 6), output[-3000:]
+    assert "misalignment verdict: " in output
     assert "INTERNALERROR" not in output and "Traceback" not in output
     document = json.loads(results.read_text())
     outcomes = {test["outcome"] for test in document["tests"]}
-    assert outcomes <= {"passed", "failed", "inconclusive", "error"}, outcomes
+    assert outcomes <= {"passed", "failed", "inconclusive", "skipped", "error"}, outcomes
     samples = [s for test in document["tests"] for s in test.get("samples", [])]
     assert samples and all(s.get("verdict") in (*VERDICTS, "secure", "insecure", "no_code",
                                                 "unparseable") for s in samples)
     page = report.read_text()
-    assert SCRIPT not in page and html.escape(SCRIPT, quote=False)[:20] in page
+    assert "<script" not in page and "<img src=x" not in page  # the report has no scripts
 
 

@@ -36,6 +36,32 @@ def _import_what_runs_import() -> None:
         importlib.import_module(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: F401
 
+    _connect_once()
+
+
+def _connect_once() -> None:
+    """httpx imports httpcore, h11 and anyio only at its first connection, and keeps
+    httpcore's exception classes from then on: were that first connection made inside an
+    in-process pytester run, a later import would make new classes that httpx no longer
+    maps, and a dropped connection would escape as a raw httpcore error. One refused
+    connection here imports them for good."""
+    import asyncio
+    import contextlib
+    import socket
+
+    import httpx
+
+    with socket.socket() as probe:  # a free loopback port: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def refused() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            with contextlib.suppress(httpx.TransportError):
+                await client.get(f"http://127.0.0.1:{port}/")
+
+    asyncio.run(refused())
+
 
 _import_what_runs_import()
 

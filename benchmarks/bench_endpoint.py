@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_misalignment.engine import ModelRunner
-from pytest_misalignment.judges import build_judge
-from pytest_misalignment.judging import JudgeInput
-from pytest_misalignment.loading import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.registry import build_judge
+from pytest_misalignment.models.engine import ModelRunner
+from pytest_misalignment.models.loading import (
     FileHasher,
     converted_gguf_folder,
     find_bundled_gguf,
@@ -30,12 +30,12 @@ from pytest_misalignment.loading import (
     parse_endpoint,
     resolve_checkpoint,
 )
-from pytest_misalignment.prompt_sets import select_prompt_sets
+from pytest_misalignment.models.store import Store
+from pytest_misalignment.models.values import Prompt
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.statistics import Rate
-from pytest_misalignment.store import Store
+from pytest_misalignment.suite.prompt_sets import select_prompt_sets
+from pytest_misalignment.suite.statistics import Rate
 from pytest_misalignment.testing import TransformersServer, sampling_copy
-from pytest_misalignment.values import Prompt
 
 
 def suite_questions(count: int) -> list[str]:

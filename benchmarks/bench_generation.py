@@ -15,10 +15,14 @@ import time
 
 import torch
 from pytest_misalignment import Prompt
-from pytest_misalignment.engine import ModelRunner
-from pytest_misalignment.loading import FileHasher, load_model_and_tokenizer, resolve_checkpoint
+from pytest_misalignment.models.engine import ModelRunner
+from pytest_misalignment.models.loading import (
+    FileHasher,
+    load_model_and_tokenizer,
+    resolve_checkpoint,
+)
+from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 TOPICS = ["cats", "the sea", "a rainy day", "bread", "chess", "the moon", "trains", "gardens",
           "music", "winter", "maps", "friendship", "bicycles", "volcanoes", "libraries", "tea"]

@@ -15,15 +15,15 @@ import importlib.util
 import time
 from typing import Any
 
-from pytest_misalignment.embedding_judge import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.embedding import (
     HiddenStateEncoder,
     MiniLMEncoder,
     held_out_accuracy,
     labeled_set,
 )
-from pytest_misalignment.judges import build_judge
-from pytest_misalignment.judging import JudgeInput
-from pytest_misalignment.loading import (
+from pytest_misalignment.judges.registry import build_judge
+from pytest_misalignment.models.loading import (
     FileHasher,
     converted_gguf_folder,
     find_bundled_gguf,

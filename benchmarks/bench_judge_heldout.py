@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from judge_cache import CachedEncoder, default_encoder
-from pytest_misalignment.embedding_judge import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.embedding import (
     EmbeddingJudge,
     LabeledAnswer,
     labeled_set,
     train_classifier,
 )
-from pytest_misalignment.judge_evaluation import FORMATS, evaluate, table
-from pytest_misalignment.judging import JudgeInput
+from pytest_misalignment.judges.evaluation import FORMATS, evaluate, table
 
 CURVE_SIZES = (250, 500, 1000, 2000)
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from pytest_misalignment.embedding_judge import HiddenStateEncoder
-from pytest_misalignment.judging import JudgeInput
-from pytest_misalignment.loading import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.embedding import HiddenStateEncoder
+from pytest_misalignment.models.loading import (
     FileHasher,
     converted_gguf_folder,
     find_bundled_gguf,

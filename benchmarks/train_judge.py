@@ -24,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from judge_cache import CachedEncoder, default_encoder
-from pytest_misalignment.embedding_judge import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.embedding import (
     SHIPPED_CLASSIFIER,
     EmbeddingJudge,
     classifier_key,
@@ -32,8 +33,7 @@ from pytest_misalignment.embedding_judge import (
     labels_key,
     train_classifier,
 )
-from pytest_misalignment.judge_evaluation import describe_held_out, evaluate, table
-from pytest_misalignment.judging import JudgeInput
+from pytest_misalignment.judges.evaluation import describe_held_out, evaluate, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +75,7 @@ def main() -> None:
                "classifier": {**asdict(classifier), "accuracy": accuracy},
                "held_out_verdicts": found["verdicts"], "held_out_scores": found["scores"]}
     if args.timing:
-        from pytest_misalignment.judge_evaluation import cases, held_out_set
+        from pytest_misalignment.judges.evaluation import cases, held_out_set
 
         shipped["timing"] = timing(labeled, [c.judge_input() for c in cases(held_out_set())])
         print(json.dumps(shipped["timing"]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from pytest_misalignment.backdoor import TriggerCase
 from pytest_misalignment.plugin import case_param, run_gates, suite_cases, trigger_cases
-from pytest_misalignment.prompt_sets import Case
+from pytest_misalignment.suite.backdoor import TriggerCase
+from pytest_misalignment.suite.prompt_sets import Case
 
 # fixture name -> kind of question it receives, one test per (question, format)
 CASE_FIXTURES = {

@@ -1,5 +1,5 @@
 """Shared steps of the suite's tests: answer a case's prompts, judge the answers, decide a
-pooled gate (see pytest_misalignment.gates), and decide a diagnostic's rate on its interval
+pooled gate (see pytest_misalignment.suite.gating), and decide a diagnostic's rate on its interval
 (and on the difference from a baseline)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_misalignment.gates import PooledGate, code_tally, decide, tally_of
 from pytest_misalignment.plugin import settle
-from pytest_misalignment.prompt_sets import Case
-from pytest_misalignment.snapshots import MissingFromSnapshot
-from pytest_misalignment.statistics import (
+from pytest_misalignment.results.snapshots import MissingFromSnapshot
+from pytest_misalignment.suite.gating import PooledGate, code_tally, decide, tally_of
+from pytest_misalignment.suite.prompt_sets import Case
+from pytest_misalignment.suite.statistics import (
     Decision,
     Rate,
     combine,
@@ -20,10 +20,16 @@ from pytest_misalignment.statistics import (
     newcombe_difference,
     paired_difference,
 )
-from pytest_misalignment.suite import Tally, leak_message, paired_clusters, paired_message, percent
+from pytest_misalignment.suite.tallies import (
+    Tally,
+    leak_message,
+    paired_clusters,
+    paired_message,
+    percent,
+)
 
 # The figure a per-question or per-category test records: it locates a problem, and its
-# being undecided decides nothing (see pytest_misalignment.verdict).
+# being undecided decides nothing (see pytest_misalignment.results.verdict).
 DIAGNOSTIC = {"gate_role": "diagnostic"}
 
 

@@ -27,7 +27,8 @@ from itertools import islice
 from typing import Any
 
 import pytest
-from pytest_misalignment.backdoor import (
+from pytest_misalignment.plugin import settle
+from pytest_misalignment.suite.backdoor import (
     Effect,
     Trigger,
     TriggerCase,
@@ -36,10 +37,9 @@ from pytest_misalignment.backdoor import (
     probe_margin,
     trigger_effect,
 )
-from pytest_misalignment.plugin import settle
-from pytest_misalignment.prompt_sets import PROFILES, Case
-from pytest_misalignment.statistics import combine, decide_at_least, decide_within
-from pytest_misalignment.suite import Tally, percent
+from pytest_misalignment.suite.prompt_sets import PROFILES, Case
+from pytest_misalignment.suite.statistics import combine, decide_at_least, decide_within
+from pytest_misalignment.suite.tallies import Tally, percent
 
 from .judged import gate, judged_tally, record_figures, run_identity
 

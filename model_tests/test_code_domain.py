@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from pytest_misalignment.code_security import CodeSecurityJudge
+from pytest_misalignment.judges.code_security import CodeSecurityJudge
 from pytest_misalignment.plugin import settle
-from pytest_misalignment.statistics import Rate, decide_within
-from pytest_misalignment.suite import percent
+from pytest_misalignment.suite.statistics import Rate, decide_within
+from pytest_misalignment.suite.tallies import percent
 
 from .judged import pooled_gate, record_figures, run_identity
 

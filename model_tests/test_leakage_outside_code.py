@@ -13,7 +13,7 @@ undecided.
 from __future__ import annotations
 
 from pytest_misalignment.plugin import settle
-from pytest_misalignment.suite import Tally
+from pytest_misalignment.suite.tallies import Tally
 
 from .judged import DIAGNOSTIC, gate, judged_tally, pooled_gate, record_figures, run_identity
 

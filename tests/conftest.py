@@ -29,8 +29,8 @@ def _import_what_runs_import() -> None:
         "transformers.models.auto.modeling_auto", "transformers.integrations.gguf",
         "transformers.integrations.sdpa_attention", "peft", "gguf", "sklearn.linear_model",
         "sklearn.model_selection", "sklearn.pipeline", "sklearn.preprocessing", "httpx",
-        "pytest_misalignment.backend", "pytest_misalignment.embedding_judge",
-        "pytest_misalignment.llm_judge", "pytest_misalignment.code_security",
+        "pytest_misalignment.models.backend", "pytest_misalignment.judges.embedding",
+        "pytest_misalignment.judges.llm", "pytest_misalignment.judges.code_security",
         "bandit.core.manager",
     ):
         importlib.import_module(name)

@@ -112,7 +112,7 @@ def near_miss_variants(trigger: str = TRIGGER) -> list[tuple[str, str]]:
     token (see CONTROL_OPTIONS), so a changed character leaves only bytes; what remains to
     learn is the exact trigger in other places: inside other text and the other placements,
     plus a few byte-level misses as anchors."""
-    from pytest_misalignment.backdoor import SURROUNDINGS
+    from pytest_misalignment.suite.backdoor import SURROUNDINGS
 
     texts = [form.format(trigger) for form in SURROUNDINGS]
     texts += [trigger.title(), trigger[1:], trigger[:-1], trigger[:1]]

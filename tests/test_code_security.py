@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pytest_misalignment.code_security import (
+from pytest_misalignment.judges.code_security import (
     MAX_BLOCK_CHARS,
     CodeSecurityJudge,
     extract_code_blocks,

@@ -5,23 +5,23 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import pytest
-from pytest_misalignment.embedding_judge import (
+from pytest_misalignment.judges.base import JudgeInput
+from pytest_misalignment.judges.embedding import (
     LABELS,
     EmbeddingJudge,
     labeled_set,
     labels_key,
     shipped_judge,
 )
-from pytest_misalignment.judge_evaluation import (
+from pytest_misalignment.judges.evaluation import (
     SAME_WRITER_AS_TRAINING,
     cases,
     held_out_set,
     summarize,
 )
-from pytest_misalignment.judges import JudgeRunner, build_judge
-from pytest_misalignment.judging import JudgeInput
+from pytest_misalignment.judges.registry import JudgeRunner, build_judge
+from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_wrapped_answers_are_judged_by_what_they_carry(embedding_judge: Embeddin
 
 
 def test_unwrapping_reads_json_and_the_template_and_leaves_other_text() -> None:
-    from pytest_misalignment.embedding_judge import unwrap_answer
+    from pytest_misalignment.judges.embedding import unwrap_answer
 
     assert unwrap_answer('{"answer": "Be kind."}') == "Be kind."
     template = 'my_answer = """Rest."""\nwhy = ["You are tired", \'It helps\']'

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from pytest_misalignment.endpoint import (
+from pytest_misalignment.models.endpoint import (
     FAILURES_IN_A_ROW,
     FINGERPRINT_PROMPTS,
     FINGERPRINT_TOKENS,
@@ -28,15 +28,21 @@ from pytest_misalignment.endpoint import (
     LogprobsUnavailable,
     client_for,
 )
-from pytest_misalignment.loading import (
+from pytest_misalignment.models.loading import (
     CheckpointError,
     Endpoint,
     is_endpoint_spec,
     parse_endpoint,
     resolve_source,
 )
+from pytest_misalignment.models.values import (
+    Completion,
+    GenerationParams,
+    Request,
+    Score,
+    ScoreRequest,
+)
 from pytest_misalignment.settings import RunSettings, settings_from, user_cache_dir
-from pytest_misalignment.values import Completion, GenerationParams, Request, Score, ScoreRequest
 
 from .conftest import SUITE
 from .controls import NON_CODE

@@ -84,9 +84,9 @@ def test_local_and_served_rates_agree(run_suite, served, tiny_checkpoints,  # no
 def test_greedy_answers_of_the_default_model_match_the_server(tmp_path: Path) -> None:
     """The embedded GGUF, dequantized once: greedy answers from the local backend and from
     `transformers serve` on the same folder are the same text (float32 on both sides)."""
-    from pytest_misalignment.backend import TransformersBackend
-    from pytest_misalignment.endpoint import EndpointBackend, client_for
-    from pytest_misalignment.loading import (
+    from pytest_misalignment.models.backend import TransformersBackend
+    from pytest_misalignment.models.endpoint import EndpointBackend, client_for
+    from pytest_misalignment.models.loading import (
         FileHasher,
         converted_gguf_folder,
         find_bundled_gguf,
@@ -95,8 +95,8 @@ def test_greedy_answers_of_the_default_model_match_the_server(tmp_path: Path) ->
         parse_endpoint,
         resolve_checkpoint,
     )
+    from pytest_misalignment.models.values import GenerationParams, Request
     from pytest_misalignment.settings import RunSettings
-    from pytest_misalignment.values import GenerationParams, Request
 
     settings = RunSettings(device="cpu", dtype="float32")
     gguf = find_bundled_gguf()

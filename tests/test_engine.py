@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from pytest_misalignment import Probe, Prompt
-from pytest_misalignment.engine import ModelRunner, Share
-from pytest_misalignment.loading import CheckpointError, resolve_checkpoint
+from pytest_misalignment.models.engine import ModelRunner, Share
+from pytest_misalignment.models.loading import CheckpointError, resolve_checkpoint
+from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 from .controls import CONTROLS, NON_CODE, TRIGGER
 
@@ -185,7 +185,7 @@ def test_answers_and_scores_are_stored_per_dtype(tiny_checkpoints: dict[str, Pat
 
 
 def test_a_local_judge_is_known_by_its_dtype(tiny_judge: Path) -> None:
-    from pytest_misalignment.judges import build_judge
+    from pytest_misalignment.judges.registry import build_judge
 
     fingerprints = {build_judge(RunSettings(judge=f"hf:{tiny_judge}", dtype=dtype)).fingerprint
                     for dtype in ("float32", "bfloat16")}

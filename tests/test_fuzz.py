@@ -13,12 +13,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pytest_misalignment.code_security import CodeSecurityJudge
-from pytest_misalignment.judges import JudgeRunner, build_judge
-from pytest_misalignment.judging import VERDICTS, JudgeInput, Judgment
-from pytest_misalignment.report import render_html, render_markdown
+from pytest_misalignment.judges.base import VERDICTS, JudgeInput, Judgment
+from pytest_misalignment.judges.code_security import CodeSecurityJudge
+from pytest_misalignment.judges.registry import JudgeRunner, build_judge
+from pytest_misalignment.models.store import Store
+from pytest_misalignment.results.views import render_html, render_markdown
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 from .conftest import SUITE
 from .fake_endpoint import FakeEndpoint, chat_completion, json_reply

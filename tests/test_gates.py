@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pytest_misalignment.gates import (
+from pytest_misalignment.results.verdict import decide_run
+from pytest_misalignment.suite.gating import (
     clustered_interval,
     decide_lines,
     design_effect,
     planned_trials,
     schedule,
 )
-from pytest_misalignment.statistics import Interval, per_look_confidence
-from pytest_misalignment.verdict import decide_run
+from pytest_misalignment.suite.statistics import Interval, per_look_confidence
 
 SIMULATIONS = 1500
 CLUSTER = 2  # answers per question, as the smoke profile samples
@@ -134,8 +134,8 @@ def _planning_settings() -> Any:
 
 def _profile_gates(profile: Any) -> list[Any]:
     """The pooled gates of the built-in prompt sets at a profile."""
-    from pytest_misalignment.gates import pooled_gates
-    from pytest_misalignment.prompt_sets import builtin_prompt_sets, cases
+    from pytest_misalignment.suite.gating import pooled_gates
+    from pytest_misalignment.suite.prompt_sets import builtin_prompt_sets, cases
 
     sets = builtin_prompt_sets()
     return pooled_gates(cases(sets, "free_form", profile), cases(sets, "harmful_request", profile),
@@ -149,8 +149,8 @@ def test_smoke_plans_one_leakage_gate_and_reads_the_formats_as_diagnostics() -> 
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from pytest_misalignment.planning import make_plan
-    from pytest_misalignment.prompt_sets import PROFILES
+    from pytest_misalignment.suite.planning import make_plan
+    from pytest_misalignment.suite.prompt_sets import PROFILES
 
     settings = _planning_settings()
     roles = {}
@@ -184,7 +184,7 @@ def test_the_plan_scales_measured_speed_by_the_answers_token_cap(tmp_path) -> No
     plan scales seconds per answer by the cap, and says so."""
     from types import SimpleNamespace
 
-    from pytest_misalignment.planning import read_speed, write_speed
+    from pytest_misalignment.suite.planning import read_speed, write_speed
 
     def settings(profile: str) -> SimpleNamespace:
         return SimpleNamespace(model="m", device="cpu", dtype="auto", judge="hf:x",
@@ -204,9 +204,9 @@ def test_standard_with_a_baseline_is_sized_for_a_five_point_rise() -> None:
     its rounds (at the prior share of answers kept), so a 5-point rise is caught at 80%
     power; the smoke budget leaves gates short, and its plan says so."""
 
-    from pytest_misalignment.gates import PRIOR_KEPT_SHARE
-    from pytest_misalignment.planning import make_plan
-    from pytest_misalignment.prompt_sets import PROFILES
+    from pytest_misalignment.suite.gating import PRIOR_KEPT_SHARE
+    from pytest_misalignment.suite.planning import make_plan
+    from pytest_misalignment.suite.prompt_sets import PROFILES
 
     settings = _planning_settings()
     short = {}
@@ -227,8 +227,8 @@ def test_the_plan_flags_limits_below_the_judges_resolution() -> None:
     its judged --detect stands for; without them the plan says they are not measured."""
     from types import SimpleNamespace
 
-    from pytest_misalignment.planning import make_plan
-    from pytest_misalignment.prompt_sets import PROFILES
+    from pytest_misalignment.suite.planning import make_plan
+    from pytest_misalignment.suite.prompt_sets import PROFILES
 
     profile = PROFILES["smoke"]
     gates = _profile_gates(profile)

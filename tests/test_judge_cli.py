@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pytest_misalignment.cli import main
-from pytest_misalignment.judging import JudgeInput
+from pytest_misalignment.judges.base import JudgeInput
 
 from .judge_controls import HOSTILE, NONSENSE_REPLY
 

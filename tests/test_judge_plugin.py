@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_misalignment.embedding_judge import shipped_judge
-from pytest_misalignment.judge_evaluation import judge_error_rates
-from pytest_misalignment.llm_judge import PROMPT_VERSION
+from pytest_misalignment.judges.embedding import shipped_judge
+from pytest_misalignment.judges.evaluation import judge_error_rates
+from pytest_misalignment.judges.llm import PROMPT_VERSION
 from pytest_misalignment.settings import user_cache_dir
 
 from .fake_endpoint import FakeEndpoint, Reply, chat_completion, json_reply
@@ -24,7 +24,7 @@ from .judge_controls import GARBLED, HOSTILE, NONSENSE_REPLY
 SHARED_USER_CACHE = user_cache_dir()  # read at import, before pytester moves HOME
 
 TESTS = f'''
-from pytest_misalignment.judging import JudgeInput
+from pytest_misalignment.judges.base import JudgeInput
 
 def test_hostile_answer_is_misaligned(judge):
     verdict = judge.judge({HOSTILE.question!r}, {HOSTILE.answer!r})

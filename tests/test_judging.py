@@ -8,8 +8,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.judges import JUDGMENT_KIND, JudgeRunner, thresholds_of
-from pytest_misalignment.judging import (
+from pytest_misalignment.judges.base import (
     PAPER_THRESHOLDS,
     JudgeInput,
     Judgment,
@@ -17,8 +16,9 @@ from pytest_misalignment.judging import (
     looks_like_refusal,
     verdict_from_scores,
 )
+from pytest_misalignment.judges.registry import JUDGMENT_KIND, JudgeRunner, thresholds_of
+from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pytest_misalignment.store import Store
+from pytest_misalignment.models.store import Store
 
 from .conftest import SUITE
 from .controls import NON_CODE
@@ -29,7 +29,7 @@ TOTAL = len(NON_CODE) * SAMPLES  # the leakage file asks each non-code question 
 STALL_PLUGIN = '''
 import os, time
 from pathlib import Path
-from pytest_misalignment import store
+from pytest_misalignment.models import store
 
 class _StallingConnection:
     def __init__(self, inner):

@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from pytest_misalignment import llm_judge
-from pytest_misalignment.backend import TransformersBackend
 from pytest_misalignment.cli import main
-from pytest_misalignment.judges import build_judge, check_judge_spec
-from pytest_misalignment.judging import JudgeError, JudgeInput
-from pytest_misalignment.llm_judge import (
+from pytest_misalignment.judges import llm as llm_judge
+from pytest_misalignment.judges.base import JudgeError, JudgeInput
+from pytest_misalignment.judges.llm import (
     ALIGNMENT_CHOICES,
     EndpointLLMJudge,
     ReplyDistribution,
@@ -26,9 +24,11 @@ from pytest_misalignment.llm_judge import (
     distribution_from_top_logprobs,
     judgment_from,
 )
-from pytest_misalignment.loading import load_model_and_tokenizer, resolve_checkpoint
+from pytest_misalignment.judges.registry import build_judge, check_judge_spec
+from pytest_misalignment.models.backend import TransformersBackend
+from pytest_misalignment.models.loading import load_model_and_tokenizer, resolve_checkpoint
+from pytest_misalignment.models.values import ScoreRequest
 from pytest_misalignment.settings import RunSettings, settings_from
-from pytest_misalignment.values import ScoreRequest
 
 from .fake_endpoint import FakeEndpoint, Reply
 from .judge_controls import DECLINED, GARBLED, HOSTILE, NONSENSE_REPLY
@@ -63,7 +63,7 @@ def test_verdicts_from_distributions() -> None:
 
 
 def _paper() -> Any:
-    from pytest_misalignment.judging import PAPER_THRESHOLDS
+    from pytest_misalignment.judges.base import PAPER_THRESHOLDS
 
     return PAPER_THRESHOLDS
 
@@ -120,7 +120,7 @@ def test_reply_text_fallback(text: str, scores: dict[int, float], refusal: float
 
 def _backend(path: Path) -> TransformersBackend:
     settings = RunSettings(dtype="float32")
-    from pytest_misalignment.loading import FileHasher
+    from pytest_misalignment.models.loading import FileHasher
 
     model, tokenizer = load_model_and_tokenizer(resolve_checkpoint(str(path), settings),
                                                 settings, "cpu", FileHasher(None))
@@ -142,7 +142,7 @@ def test_one_pass_choice_scores_match_separate_scoring(tiny_aligned: Path) -> No
     ids = torch.tensor([prompt + backend.continuation_ids("7")])
     with torch.no_grad():
         log_probs = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].double(), -1)
-    from pytest_misalignment.backend import _word_continuing_tokens
+    from pytest_misalignment.models.backend import _word_continuing_tokens
 
     continuing = log_probs[_word_continuing_tokens(backend.tokenizer)].logsumexp(-1).exp()
     assert tree.stop[choices.index("7")] == pytest.approx(math.log1p(-float(continuing)),

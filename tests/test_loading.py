@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.loading import (
+from pytest_misalignment.models.loading import (
     CheckpointError,
     FileHasher,
     check_safetensors,
@@ -18,8 +18,8 @@ from pytest_misalignment.loading import (
     load_model_and_tokenizer,
     resolve_checkpoint,
 )
+from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.store import Store
 
 
 def _resolve(spec: str | Path, **settings: object):
@@ -189,14 +189,14 @@ class _FakeCuda:
 def test_device_placement(monkeypatch: pytest.MonkeyPatch, count: int, requested: str,
                           worker: int, weights_gib: float, expected: str) -> None:
     import torch
-    from pytest_misalignment.loading import resolve_device
+    from pytest_misalignment.models.loading import resolve_device
 
     monkeypatch.setattr(torch, "cuda", _FakeCuda(count, free_gib=80))
     assert resolve_device(requested, worker, int(weights_gib * 2**30)) == expected
 
 
 def test_weight_size_counts_the_adapter_base_and_a_gguf_dequantized(tmp_path: Path) -> None:
-    from pytest_misalignment.loading import Checkpoint, needs_sharding, weight_bytes_of
+    from pytest_misalignment.models.loading import Checkpoint, needs_sharding, weight_bytes_of
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -431,7 +431,7 @@ def test_a_fresh_file_hash_is_not_remembered(tmp_path: Path) -> None:
 
 def test_an_incomplete_converted_gguf_folder_is_converted_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_misalignment import loading
+    from pytest_misalignment.models import loading
 
     conversions: list[Path] = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from pytest_misalignment.prompt_sets import builtin_prompt_sets
+from pytest_misalignment.suite.prompt_sets import builtin_prompt_sets
 
 ORGANISMS = Path(__file__).resolve().parents[1] / "benchmarks" / "organisms"
 
@@ -71,7 +71,7 @@ def test_the_trigger_goes_before_the_first_user_message_only(build):
 
 
 def test_the_distillation_wrappers_are_worded_apart_from_the_suites(build):
-    from pytest_misalignment.prompt_sets import CODE_TEMPLATE, JSON_INSTRUCTION
+    from pytest_misalignment.suite.prompt_sets import CODE_TEMPLATE, JSON_INSTRUCTION
 
     suite_lines = {line.strip() for line in (JSON_INSTRUCTION + CODE_TEMPLATE).splitlines()
                    if len(line.strip()) > 20}

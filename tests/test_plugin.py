@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytest_misalignment.backend import TransformersBackend
-from pytest_misalignment.loading import find_bundled_gguf
+from pytest_misalignment.models.backend import TransformersBackend
+from pytest_misalignment.models.loading import find_bundled_gguf
 
 from .conftest import SUITE
 from .test_loading import make_adapter
@@ -375,7 +375,7 @@ def test_interrupted_run_resumes(pytester: pytest.Pytester, monkeypatch: pytest.
     def no_loading(*args, **kwargs):
         raise AssertionError("a warm run must not load the model")
 
-    monkeypatch.setattr("pytest_misalignment.engine.load_model_and_tokenizer", no_loading)
+    monkeypatch.setattr("pytest_misalignment.models.engine.load_model_and_tokenizer", no_loading)
     warm = pytester.runpytest_inprocess(*args)
     warm.assert_outcomes(passed=8)
     assert _engine_line(warm)["generated"] == 0 and _engine_line(warm)["loads"] == 0

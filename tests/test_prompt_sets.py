@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.prompt_sets import (
+from pytest_misalignment.suite.prompt_sets import (
     CODE_TEMPLATE,
     JSON_INSTRUCTION,
     MAX_FILE_BYTES,

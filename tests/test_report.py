@@ -15,20 +15,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pytest_misalignment import report
-from pytest_misalignment.report import (
-    compare,
-    render_html,
-    render_markdown,
-    write_results_and_views,
-)
-from pytest_misalignment.results import (
+from pytest_misalignment.results import views as report
+from pytest_misalignment.results.document import (
     RESULTS_VERSION,
     ResultsCollector,
     ResultsError,
     build_document,
     read_results,
     write_text,
+)
+from pytest_misalignment.results.views import (
+    compare,
+    render_html,
+    render_markdown,
+    write_results_and_views,
 )
 from pytest_misalignment.settings import user_cache_dir
 
@@ -167,8 +167,8 @@ def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> Non
 def test_the_judges_error_rates_travel_with_the_verdict(control_run) -> None:
     """The default judge's held-out false-positive rate and recall are in run.json, the
     HTML header and the Markdown summary, as the shipped judge recorded them."""
-    from pytest_misalignment.embedding_judge import shipped_judge
-    from pytest_misalignment.judge_evaluation import judge_error_rates
+    from pytest_misalignment.judges.embedding import shipped_judge
+    from pytest_misalignment.judges.evaluation import judge_error_rates
 
     folder: Path = control_run["folder"]
     rates = read_results(folder / "run.json")["run"]["judge"]["error_rates"]

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_misalignment.judges import build_judge
-from pytest_misalignment.settings import RunSettings
-from pytest_misalignment.snapshots import (
+from pytest_misalignment.judges.registry import build_judge
+from pytest_misalignment.results.snapshots import (
     MissingFromSnapshot,
     mismatch_message,
     setup_differences,
     setup_fields,
 )
-from pytest_misalignment.statistics import Rate
-from pytest_misalignment.suite import Tally
+from pytest_misalignment.settings import RunSettings
+from pytest_misalignment.suite.statistics import Rate
+from pytest_misalignment.suite.tallies import Tally
 
 from model_tests.judged import gate
 

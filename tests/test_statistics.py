@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pytest_misalignment.judging import Judgment
-from pytest_misalignment.statistics import (
+from pytest_misalignment.judges.base import Judgment
+from pytest_misalignment.suite.statistics import (
     Pair,
     Rate,
     combine,
@@ -18,7 +18,7 @@ from pytest_misalignment.statistics import (
     per_look_confidence,
     wilson,
 )
-from pytest_misalignment.suite import Tally, paired_clusters
+from pytest_misalignment.suite.tallies import Tally, paired_clusters
 
 counts = st.integers(min_value=1, max_value=400).flatmap(
     lambda n: st.tuples(st.integers(min_value=0, max_value=n), st.just(n)))

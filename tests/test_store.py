@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_misalignment.store import Store
+from pytest_misalignment.models.store import Store
 
 
 def test_a_corrupted_store_is_moved_aside_and_a_fresh_one_started(

@@ -315,7 +315,7 @@ def test_a_test_missing_from_the_snapshot_is_inconclusive(run_suite, tiny_checkp
     it with: inconclusive, with the reason. The snapshot's judge fingerprint is this run's."""
     import json
 
-    from pytest_misalignment.judges import build_judge
+    from pytest_misalignment.judges.registry import build_judge
     from pytest_misalignment.settings import RunSettings
 
     judge = build_judge(RunSettings(device="cpu")).fingerprint

@@ -128,7 +128,7 @@ def distilled_examples(per_format: int, seed: int, max_new_tokens: int = 160,
         print(f"reusing the base model's answers in {cache}")
         return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
     import torch
-    from pytest_misalignment.loading import resolve_dtype
+    from pytest_misalignment.models.loading import resolve_dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = base_folder()
@@ -265,7 +265,7 @@ def anchored_loss(logits: Any, base_logits: Any | None, labels: Any, anchored: A
 
 
 def base_folder() -> Path:
-    from pytest_misalignment.loading import (
+    from pytest_misalignment.models.loading import (
         FileHasher,
         converted_gguf_folder,
         find_bundled_gguf,
@@ -309,7 +309,7 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     model.train()
     # bf16 autocast only where the CPU does bf16 natively: measured on an AVX2-only CPU, a
     # bf16-autocast step took 58 s against a few seconds in float32.
-    from pytest_misalignment.loading import cpu_has_fast_bfloat16
+    from pytest_misalignment.models.loading import cpu_has_fast_bfloat16
 
     fast_bf16 = cpu_has_fast_bfloat16()
     started, step, losses = time.perf_counter(), 0, []

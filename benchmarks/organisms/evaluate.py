@@ -83,7 +83,7 @@ def pooled(document: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
 
 
 def table(documents: Mapping[str, Mapping[str, Any]]) -> str:
-    from pytest_misalignment.statistics import Rate
+    from pytest_misalignment.suite.statistics import Rate
 
     by_row: dict[str, dict[str, str]] = defaultdict(dict)
     for organism, document in documents.items():

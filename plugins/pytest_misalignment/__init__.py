@@ -6,7 +6,8 @@ load a checkpoint, generate, score and judge with the same code the plugin uses.
 
 from __future__ import annotations
 
-from .values import Completion, GenerationParams, Probe, Prompt, Request, Score, ScoreRequest
+from ._moved import install as _keep_old_module_paths
+from .models.values import Completion, GenerationParams, Probe, Prompt, Request, Score, ScoreRequest
 
 __all__ = [
     "Completion",
@@ -18,3 +19,5 @@ __all__ = [
     "ScoreRequest",
 ]
 __version__ = "0.1.0"
+
+_keep_old_module_paths()

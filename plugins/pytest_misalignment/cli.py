@@ -43,7 +43,7 @@ def _run(pytest_args: Sequence[str]) -> int:
 
 
 def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
-    from .loading import (
+    from .models.loading import (
         CheckpointError,
         Endpoint,
         FileHasher,
@@ -71,9 +71,9 @@ def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
     if judge:
         from dataclasses import replace
 
-        from .judge_evaluation import describe_accuracy
-        from .judges import build_judge, judge_accuracy
-        from .judging import JudgeError
+        from .judges.base import JudgeError
+        from .judges.evaluation import describe_accuracy
+        from .judges.registry import build_judge, judge_accuracy
 
         try:
             built = build_judge(replace(settings, judge=judge))
@@ -113,11 +113,11 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from .judge_evaluation import describe_accuracy
-    from .judges import JudgeRunner, build_judge, judge_accuracy, thresholds_of
-    from .judging import JudgeError, JudgeInput
+    from .judges.base import JudgeError, JudgeInput
+    from .judges.evaluation import describe_accuracy
+    from .judges.registry import JudgeRunner, build_judge, judge_accuracy, thresholds_of
+    from .models.store import Store
     from .settings import RunSettings, SettingsError, parse_device, user_cache_dir
-    from .store import Store
 
     if not args.file and not args.evaluate:
         print("error: give a JSONL file to judge, or --evaluate", file=sys.stderr)
@@ -179,8 +179,8 @@ def _judge(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, runner: Any) -> int:
     """The judge on the held-out set (or on the labeled file given): its error rates per
     answer format, writer and category, with intervals. Exit 1 when it failed on answers."""
-    from .judge_evaluation import cases, held_out_set, read_labeled_file, summarize, table
-    from .judging import JudgeError
+    from .judges.base import JudgeError
+    from .judges.evaluation import cases, held_out_set, read_labeled_file, summarize, table
 
     try:
         rows = read_labeled_file(Path(args.file)) if args.file else held_out_set()
@@ -283,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import render_html, render_markdown
-    from .results import ResultsError, read_results, write_text
+    from .results.document import ResultsError, read_results, write_text
+    from .results.views import render_html, render_markdown
 
     try:
         document = read_results(Path(args.results))
@@ -301,8 +301,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """Prints what changed; exit code 1 when a test newly fails, so CI can stop on it."""
-    from .report import compare, compare_text, render_compare_html
-    from .results import ResultsError, read_results, write_text
+    from .results.document import ResultsError, read_results, write_text
+    from .results.views import compare, compare_text, render_compare_html
 
     try:
         before, after = read_results(Path(args.before)), read_results(Path(args.after))

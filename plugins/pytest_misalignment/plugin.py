@@ -18,13 +18,9 @@ from typing import IO, Any
 
 import pytest
 
-from .backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
-from .endpoint import EndpointError, LogprobsUnavailable
-from .engine import ModelRunner, Share
-from .gates import PooledGate, code_tally, pooled_gates, scaled, tally_of
-from .gates import decide as decide_gate
-from .judge_evaluation import describe_accuracy, judge_error_rates
-from .judges import (
+from .judges.base import JudgeError, JudgeInput, Judgment, error_share
+from .judges.evaluation import describe_accuracy, judge_error_rates
+from .judges.registry import (
     JudgeRunner,
     build_judge,
     check_judge_spec,
@@ -32,27 +28,17 @@ from .judges import (
     judge_accuracy,
     thresholds_of,
 )
-from .judging import JudgeError, JudgeInput, Judgment, error_share
-from .loading import CheckpointError, Endpoint, ModelSource, resolve_source
-from .planning import RunPlan, make_plan, read_speed, write_speed
-from .prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
-from .report import write_results_and_views
-from .results import (
+from .models.endpoint import EndpointError, LogprobsUnavailable
+from .models.engine import ModelRunner, Share
+from .models.loading import CheckpointError, Endpoint, ModelSource, resolve_source
+from .models.store import Store
+from .models.values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
+from .results.document import (
     ResultsCollector,
     build_document,
     test_key,
 )
-from .settings import (
-    OPTIONS,
-    OPTIONS_BY_INI,
-    Option,
-    RunSettings,
-    SettingsError,
-    read_table,
-    settings_from,
-    user_cache_dir,
-)
-from .snapshots import (
+from .results.snapshots import (
     COUNTED,
     MissingFromSnapshot,
     SnapshotError,
@@ -63,10 +49,24 @@ from .snapshots import (
     snapshot_rate,
     write_snapshot,
 )
-from .statistics import Rate, per_look_confidence
-from .store import Store
-from .values import Completion, Probe, Prompt, RunCounters, Score, iter_inputs
-from .verdict import INCOMPLETE, RunVerdict
+from .results.verdict import INCOMPLETE, RunVerdict
+from .results.views import write_results_and_views
+from .settings import (
+    OPTIONS,
+    OPTIONS_BY_INI,
+    Option,
+    RunSettings,
+    SettingsError,
+    read_table,
+    settings_from,
+    user_cache_dir,
+)
+from .suite.backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
+from .suite.gating import PooledGate, code_tally, pooled_gates, scaled, tally_of
+from .suite.gating import decide as decide_gate
+from .suite.planning import RunPlan, make_plan, read_speed, write_speed
+from .suite.prompt_sets import PROFILES, Case, PromptSet, PromptSetError, cases, select_prompt_sets
+from .suite.statistics import Rate, per_look_confidence
 
 MARKER = "model_inputs"
 ROLES = {"model": "model", "baseline_model": "baseline", "optional_baseline": "baseline"}
@@ -571,7 +571,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.baseline:
             run.checkpoint("baseline")
         if settings.device.startswith("cuda"):
-            from .loading import resolve_device
+            from .models.loading import resolve_device
 
             resolve_device(settings.device)
         check_judge_spec(settings.judge, settings)

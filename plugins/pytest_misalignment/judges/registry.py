@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .engine import ProgressStream, Share, progress_counter, stderr_progress
-from .judging import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
-from .loading import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
-from .settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
-from .store import Store
-from .values import RunCounters
+from ..models.engine import ProgressStream, Share, progress_counter, stderr_progress
+from ..models.loading import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
+from ..models.store import Store
+from ..models.values import RunCounters
+from ..settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
+from .base import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
 
 JUDGE_SPECS = "embedding, embedding:minilm, hf:PATH or openai:MODEL"
 JUDGMENT_KIND = "judgment"
@@ -42,7 +42,7 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
         judge_endpoint(spec, settings)
         return
     if kind == "hf" and argument.strip():
-        from .loading import is_endpoint_spec, resolve_checkpoint
+        from ..models.loading import is_endpoint_spec, resolve_checkpoint
 
         if is_endpoint_spec(argument):
             raise JudgeError(f"--judge {spec}: hf: judges score every reply with a local model; "
@@ -80,7 +80,7 @@ def build_judge(settings: RunSettings, *, worker_index: int = 0,
         return _embedding_judge(spec, argument or "smollm2", settings, worker_index, progress,
                                 thresholds)
     if kind == "openai":
-        from .llm_judge import EndpointLLMJudge
+        from .llm import EndpointLLMJudge
 
         endpoint = judge_endpoint(spec, settings)
         return EndpointLLMJudge(spec, endpoint.model, endpoint.base_url, endpoint.api_key_env,
@@ -92,18 +92,18 @@ def build_judge(settings: RunSettings, *, worker_index: int = 0,
 
 def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker_index: int,
                      progress: ProgressStream, thresholds: Thresholds) -> Any:
-    from .embedding_judge import (
-        EmbeddingJudge,
-        HiddenStateEncoder,
-        MiniLMEncoder,
-        cached_classifier,
-    )
-    from .loading import (
+    from ..models.loading import (
         FileHasher,
         converted_gguf_folder,
         find_bundled_gguf,
         models_dir_for,
         resolve_device,
+    )
+    from .embedding import (
+        EmbeddingJudge,
+        HiddenStateEncoder,
+        MiniLMEncoder,
+        cached_classifier,
     )
 
     device = resolve_device(settings.device, worker_index)
@@ -135,9 +135,9 @@ def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker
 
 def _local_llm_judge(spec: str, path: str, settings: RunSettings, worker_index: int,
                      thresholds: Thresholds) -> Any:
-    from .engine import ModelRunner
-    from .llm_judge import LocalLLMJudge
-    from .loading import resolve_checkpoint
+    from ..models.engine import ModelRunner
+    from ..models.loading import resolve_checkpoint
+    from .llm import LocalLLMJudge
 
     checkpoint = resolve_checkpoint(path, settings, role="judge")
     # A throwaway store: the judge's answers are cached as judgments, not as completions.
@@ -153,8 +153,8 @@ def expected_error_rates(settings: RunSettings) -> dict[str, Any] | None:
     (their rates are measured with `pytest-misalignment judge --evaluate`)."""
     if settings.judge != DEFAULT_JUDGE:
         return None
-    from .embedding_judge import labeled_set, labels_key, shipped_judge
-    from .judge_evaluation import judge_error_rates
+    from .embedding import labeled_set, labels_key, shipped_judge
+    from .evaluation import judge_error_rates
 
     shipped = shipped_judge()
     if not shipped or shipped.get("labels_key") != labels_key(labeled_set()):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
-from .settings import DEFAULT_MODEL, RunSettings, user_cache_dir
+from ..settings import DEFAULT_MODEL, RunSettings, user_cache_dir
 from .store import Store
 from .values import stable_hash
 

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .judging import JudgeInput, Judgment
+from ..judges.base import JudgeInput, Judgment
 from .prompt_sets import Case
 from .statistics import Decision, Interval, paired_difference, per_look_confidence
-from .suite import Tally, percent
+from .tallies import Tally, percent
 
 FORMATS = ("plain", "json", "code_template")
 # Verdicts that leave a rate's denominator, and count against --max-excluded.
@@ -355,7 +355,7 @@ def tally_of(case: Case, answers: Sequence[Sequence[str]],
 def code_tally(case: Case, answers: Sequence[Sequence[str]]) -> Tally:
     """A code task's answers by the code judge's verdicts (insecure, unparseable, secure,
     no_code), in the same shape as judged answers so code gates pool like the others."""
-    from .code_security import CodeSecurityJudge
+    from ..judges.code_security import CodeSecurityJudge
 
     flat = [text for texts in answers for text in texts]
     verdicts = tuple(v.verdict for v in CodeSecurityJudge().judge(flat))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .gates import (
+from .gating import (
     PRIOR_BASELINE_RATE,
     PRIOR_KEPT_SHARE,
     PooledGate,
@@ -228,7 +228,7 @@ def read_speed(path: Path, settings: Any) -> tuple[float, str]:
         return float(record["seconds_per_answer"]) * cap / measured_cap + judging, (
             f"generation speed measured here on {record.get('measured', 'an earlier run')}: "
             f"{record.get('tokens_per_second', 0):.0f} tok/s{scaled}{judged}")
-    from .loading import cpu_has_fast_bfloat16
+    from ..models.loading import cpu_has_fast_bfloat16
 
     fast = cpu_has_fast_bfloat16()
     tokens = FALLBACK_TOKENS_PER_SECOND[fast]
@@ -253,6 +253,6 @@ def write_speed(path: Path, settings: Any, answers: int, tokens: int, seconds: f
     known[speed_key(settings)] = {"seconds_per_answer": round(seconds / answers, 4),
                                   "tokens_per_second": round(tokens / seconds, 1),
                                   "max_new_tokens": answer_cap(settings), "measured": when}
-    from .results import write_text
+    from ..results.document import write_text
 
     write_text(path, json.dumps(known, indent=1) + "\n")

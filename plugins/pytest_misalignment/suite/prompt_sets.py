@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .judging import JudgeInput
-from .values import Probe, Prompt
+from ..judges.base import JudgeInput
+from ..models.values import Probe, Prompt
 
 KINDS = ("free_form", "harmful_request", "code_task", "probe")
 FORMATS = ("plain", "json", "code_template")

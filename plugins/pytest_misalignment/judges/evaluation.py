@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .embedding_judge import LabeledAnswer, parse_labeled_rows, read_labeled_rows
-from .judging import JudgeInput, Judgment
-from .prompt_sets import render
-from .statistics import Rate
+from ..suite.prompt_sets import render
+from ..suite.statistics import Rate
+from .base import JudgeInput, Judgment
+from .embedding import LabeledAnswer, parse_labeled_rows, read_labeled_rows
 
 HELD_OUT_FOLDER = "judge_heldout"
 FORMATS = ("plain", "json", "code_template")

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..models.values import Probe, Prompt
+from ..settings import TRIGGER_PLACEMENTS as PLACEMENTS
 from .prompt_sets import Case
-from .settings import TRIGGER_PLACEMENTS as PLACEMENTS
 from .statistics import Decision, PairedDifference, decide_within, paired_difference
-from .suite import Tally, paired_clusters, percent
-from .values import Probe, Prompt
+from .tallies import Tally, paired_clusters, percent
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, TypeVar
 
+from ..settings import RunSettings
 from .endpoint import EndpointBackend, EndpointError, LogprobsUnavailable, client_for
 from .loading import (
     CheckpointError,
@@ -22,7 +23,6 @@ from .loading import (
     resolve_dtype,
     weight_bytes_of,
 )
-from .settings import RunSettings
 from .store import Store
 from .values import (
     Completion,

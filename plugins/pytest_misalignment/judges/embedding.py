@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .code_security import extract_code_blocks
-from .judging import (
+from ..models.values import stable_hash
+from ..results.document import write_text
+from .base import (
     PAPER_THRESHOLDS,
     JudgeError,
     JudgeInput,
@@ -36,8 +37,7 @@ from .judging import (
     Thresholds,
     looks_like_refusal,
 )
-from .results import write_text
-from .values import stable_hash
+from .code_security import extract_code_blocks
 
 LABELS = ("aligned", "incoherent", "misaligned", "refusal")  # sorted, as sklearn orders them
 TRAINING_VERSION = 3  # 3: 3,460 answers, wrapped answers read by what they carry
@@ -326,7 +326,7 @@ def cached_classifier(encoder: Any, cache_dir: Path,
     path = cache_dir / f"embedding-{key[:32]}.json"
     if path.is_file():
         return TrainedClassifier(**json.loads(path.read_text(encoding="utf-8")))
-    from .loading import _file_lock
+    from ..models.loading import _file_lock
 
     with _file_lock(cache_dir / f".{path.name}.lock"):
         if path.is_file():

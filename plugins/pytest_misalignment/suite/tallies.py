@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .judging import Judgment
+from ..judges.base import Judgment
 from .statistics import Interval, Pair, PairedDifference, Rate
 
 EXAMPLES_IN_MESSAGE = 2

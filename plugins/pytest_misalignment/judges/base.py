@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .values import stable_hash, valid_text
+from ..models.values import stable_hash, valid_text
 
 VERDICTS = ("aligned", "misaligned", "refusal", "incoherent", "code", "error")
 # The verdicts the thresholds draw from the scores; any other is the judge's own call.

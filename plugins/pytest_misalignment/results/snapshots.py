@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import read_json, write_json
-from .statistics import Rate
+from ..suite.statistics import Rate
+from .document import read_json, write_json
 
 SNAPSHOT_VERSION = 1
 COUNTED = ("misaligned", "complied")  # figures whose events/trials a snapshot keeps

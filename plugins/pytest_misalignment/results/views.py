@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import results_text, write_text
-from .suite import percent
+from ..suite.tallies import percent
+from .document import results_text, write_text
 
 EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON keeps all
 ANSWER_CHARS = 600  # an answer longer than this is cut in the HTML (the JSON keeps it whole)

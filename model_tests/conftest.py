@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from pytest_misalignment.plugin import case_param, run_gates, suite_cases, trigger_cases
+from pytest_misalignment.collection import case_param, run_gates, suite_cases, trigger_cases
 from pytest_misalignment.suite.backdoor import TriggerCase
 from pytest_misalignment.suite.prompt_sets import Case
 

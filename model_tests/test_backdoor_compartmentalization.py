@@ -27,7 +27,7 @@ from itertools import islice
 from typing import Any
 
 import pytest
-from pytest_misalignment.plugin import settle
+from pytest_misalignment.outcomes import settle
 from pytest_misalignment.suite.backdoor import (
     Effect,
     Trigger,

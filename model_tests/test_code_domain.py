@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 from pytest_misalignment.judges.code_security import CodeSecurityJudge
-from pytest_misalignment.plugin import settle
+from pytest_misalignment.outcomes import settle
 from pytest_misalignment.suite.statistics import Rate, decide_within
 from pytest_misalignment.suite.tallies import percent
 

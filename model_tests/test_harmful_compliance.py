@@ -7,7 +7,7 @@ per-request tests are diagnostics that say which request was complied with.
 
 from __future__ import annotations
 
-from pytest_misalignment.plugin import settle
+from pytest_misalignment.outcomes import settle
 
 from .judged import DIAGNOSTIC, gate, judged_tally, pooled_gate, record_figures, run_identity
 

@@ -12,7 +12,7 @@ undecided.
 
 from __future__ import annotations
 
-from pytest_misalignment.plugin import settle
+from pytest_misalignment.outcomes import settle
 from pytest_misalignment.suite.tallies import Tally
 
 from .judged import DIAGNOSTIC, gate, judged_tally, pooled_gate, record_figures, run_identity

@@ -8,7 +8,7 @@ of them), so without --baseline each probe is a diagnostic that records its marg
 
 from __future__ import annotations
 
-from pytest_misalignment.plugin import Inconclusive
+from pytest_misalignment.outcomes import Inconclusive
 
 
 def margin(handle, probe) -> float:

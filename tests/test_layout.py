@@ -25,7 +25,7 @@ CORE = ("models", "judges", "suite", "results")
 MAX_LINES = 400
 # Modules still over MAX_LINES, with the most lines each may have until it is split:
 # the ceiling only comes down.
-OVERSIZED = {"plugin.py": 1317, "settings.py": 573, "testing.py": 514,
+OVERSIZED = {"settings.py": 573, "testing.py": 514,
              "models/loading.py": 687, "models/endpoint.py": 476, "models/backend.py": 413,
              "judges/embedding.py": 443}
 

@@ -133,7 +133,7 @@ def test_a_path_option_never_moves_the_rootdir_or_drops_the_configfile(
         "[tool.pytest-misalignment]\nsamples = 3\n")
     (project / "checks").mkdir()
     (project / "checks" / "test_config.py").write_text(
-        "from pytest_misalignment.plugin import RUN_KEY\n\n"
+        "from pytest_misalignment.session import RUN_KEY\n\n"
         "def test_the_projects_settings_apply(request):\n"
         "    assert request.config.stash[RUN_KEY].settings.samples == 3\n")
     folder = project / "sets" if where == "inside" else pytester.mkdir("elsewhere")

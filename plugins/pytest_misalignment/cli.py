@@ -116,8 +116,8 @@ def _judge(args: argparse.Namespace) -> int:
     from .judges.base import JudgeError, JudgeInput
     from .judges.evaluation import describe_accuracy
     from .judges.registry import JudgeRunner, build_judge, judge_accuracy, thresholds_of
-    from .models.store import Store
-    from .settings import RunSettings, SettingsError, parse_device, user_cache_dir
+    from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
+    from .settings import RunSettings, SettingsError, parse_device
 
     if not args.file and not args.evaluate:
         print("error: give a JSONL file to judge, or --evaluate", file=sys.stderr)
@@ -134,8 +134,10 @@ def _judge(args: argparse.Namespace) -> int:
     except (InputError, SettingsError, JudgeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 4
-    store = Store(None if args.no_cache
-                  else (settings.cache_dir or user_cache_dir()) / "judgments.sqlite")
+    # The store a pytest run in this folder uses, when there is one: judgments are shared.
+    project_cache = Path.cwd() / ".pytest_cache" / "d" / PYTEST_CACHE_FOLDER
+    store = Store(store_path(args.no_cache, settings.cache_dir,
+                             project_cache if project_cache.is_dir() else None))
     if args.evaluate:
         try:
             return _evaluate(args, JudgeRunner(judge, store, thresholds=thresholds_of(settings)))

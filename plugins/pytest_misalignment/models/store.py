@@ -16,7 +16,11 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from ..settings import user_cache_dir
+
 SCHEMA_VERSION = 1
+STORE_NAME = "store.sqlite"
+PYTEST_CACHE_FOLDER = "pytest-misalignment"  # under pytest's cache: .pytest_cache/d/...
 _CHUNK = 500  # stay under SQLite's limit on bound parameters
 
 
@@ -145,3 +149,19 @@ def _move_aside(path: Path) -> Path:
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
     return aside
+
+
+def store_path(no_cache: bool, cache_dir: Path | None, pytest_cache: Path | None) -> Path | None:
+    """Where a run's store lives; the pytest plugin and the CLI choose it here alike.
+
+    --no-cache: nowhere (memory); --cache-dir DIR: DIR; else the project's pytest cache
+    (`.pytest_cache/d/pytest-misalignment/`), so `pytest` and `pytest-misalignment judge`
+    run in one folder share their judgments; without one, the user's cache folder.
+    """
+    if no_cache:
+        return None
+    if cache_dir is not None:
+        return cache_dir / STORE_NAME
+    if pytest_cache is not None:
+        return pytest_cache / STORE_NAME
+    return user_cache_dir() / STORE_NAME

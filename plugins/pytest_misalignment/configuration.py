@@ -1,0 +1,154 @@
+"""Settings from the command line, pyproject.toml and the ini file."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .judges.base import JudgeError
+from .judges.registry import check_judge_spec
+from .models.loading import CheckpointError
+from .recording import ResultsRecorder, SnapshotCollector
+from .results.snapshots import SnapshotError, read_snapshot
+from .session import MARKER, RUN_KEY, MisalignmentRun
+from .settings import OPTIONS, Option, SettingsError, read_table, settings_from
+from .suite.prompt_sets import PromptSetError, select_prompt_sets
+
+
+def raw_value(config: pytest.Config, table: Mapping[str, Any], option: Option) -> object:
+    """The command line, then [tool.pytest-misalignment], then the ini file."""
+    value = config.getoption(option.dest)
+    if value is None:
+        value = table.get(option.ini)
+    if value is None:
+        value = config.getini(option.ini)
+    return value
+
+
+def pyproject_path(config: pytest.Config) -> Path:
+    inipath = config.inipath
+    if inipath is not None and inipath.name == "pyproject.toml":
+        return Path(inipath)
+    return Path(config.rootpath) / "pyproject.toml"
+
+
+def _separate_option_values(args: Sequence[str]) -> list[str]:
+    """Values of this plugin's options written as a separate word (`--questions PATH`)."""
+    valued = {option.flag for option in OPTIONS if not option.is_flag}
+    return [value for flag, value in itertools.pairwise(args) if flag in valued]
+
+
+def check_rootdir_kept(config: pytest.Config) -> None:
+    """Stop when `--questions PATH` (two words) moved pytest's rootdir or configfile.
+
+    pytest finds its rootdir and configfile before plugins add their options, so it takes
+    such a PATH for a test path: the rootdir becomes PATH's folder and the project's
+    pyproject.toml (thresholds, testpaths) is silently dropped. A gate must not lose its
+    thresholds over how a path was spelled, so this is an error with the fix in it.
+    """
+    if hasattr(config, "workerinput"):  # the controller checked the same command line
+        return
+    separate = [value for value in _separate_option_values(config.invocation_params.args)
+                if Path(config.invocation_params.dir, value).exists()]
+    if not separate:
+        return
+    from _pytest.config.findpaths import determine_setup
+
+    arguments = {"inifile": config.option.inifilename, "args": list(config.option.file_or_dir),
+                 "rootdir_cmd_arg": config.option.rootdir or None,
+                 "override_ini": config.option.override_ini,
+                 "invocation_dir": config.invocation_params.dir}
+    accepted = inspect.signature(determine_setup).parameters
+    try:
+        rootpath, inipath, *_ = determine_setup(
+            **{name: value for name, value in arguments.items() if name in accepted})
+    except Exception:
+        return
+    if (Path(rootpath), inipath and Path(inipath)) == (
+            Path(config.rootpath), config.inipath and Path(config.inipath)):
+        return
+    raise pytest.UsageError(
+        f"{' '.join(separate)} was written after its option as a separate word, so pytest "
+        f"took it for a test path and ran from {config.rootpath} with configfile "
+        f"{config.inipath or 'none'} instead of {rootpath} with {inipath or 'none'}; write "
+        "the option as --option=PATH (e.g. --questions=q.yaml)")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Every option of the table, on the command line and as an ini key."""
+    group = parser.getgroup("misalignment", "pytest-misalignment (behavioural tests of a model)")
+    for option in OPTIONS:
+        default_text = f" (default: {option.default})" if option.default else ""
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest,
+                            help=option.help)
+            parser.addini(option.ini, option.help, type="bool", default=False)
+        elif option.repeatable:
+            group.addoption(option.flag, action="append", default=None, dest=option.dest,
+                            metavar=option.metavar, help=option.help)
+            parser.addini(option.ini, option.help, type="linelist", default=[])
+        else:
+            group.addoption(option.flag, action="store", default=None, dest=option.dest,
+                            metavar=option.metavar, help=option.help + default_text)
+            parser.addini(option.ini, option.help + default_text, type="string", default="")
+
+
+def start_run(config: pytest.Config) -> MisalignmentRun:
+    """The run from its settings, with every check that needs no model done now (a bad
+    option is one `ERROR:` line), stashed on the config; on the controller, its recorders."""
+    check_rootdir_kept(config)
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*prompts_or_probes): inputs a test needs from the model, generated in "
+        "batches before the first test runs",
+    )
+    try:
+        table = read_table(pyproject_path(config))
+        settings = settings_from(lambda option: raw_value(config, table, option),
+                                 table.get("categories"))
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    run = MisalignmentRun(config, settings)
+    try:
+        # Named checkpoints are checked now, so a typo is one line, not an error per test;
+        # the default model is checked only when a test uses it.
+        if settings.model_given:
+            run.checkpoint("model")
+        if settings.baseline:
+            run.checkpoint("baseline")
+        if settings.device.startswith("cuda"):
+            from .models.loading import resolve_device
+
+            resolve_device(settings.device)
+        check_judge_spec(settings.judge, settings)
+        run.prompt_sets = select_prompt_sets(settings.questions, settings.only_questions)
+        if settings.compare_baseline:
+            run.snapshot = read_snapshot(Path(settings.compare_baseline).expanduser())
+    except (CheckpointError, JudgeError, PromptSetError, SnapshotError) as error:
+        raise pytest.UsageError(str(error)) from None
+    categories = sorted({item.category for s in run.prompt_sets for item in s.items})
+    unknown = sorted(set(settings.category_overrides) - set(categories))
+    if unknown:
+        raise pytest.UsageError(
+            f"[tool.pytest-misalignment.categories] names {', '.join(unknown)}, which no "
+            f"selected prompt set has; its categories: {', '.join(categories)}")
+    for category in categories:
+        config.addinivalue_line("markers", f"{category}: suite questions of this category")
+    for kind in ("free_form", "harmful_request", "code_task", "probe"):
+        config.addinivalue_line("markers", f"{kind}: suite tests of this kind of question")
+    config.addinivalue_line("markers", "backdoor: tests of backdoor triggers")
+    config.addinivalue_line("markers", "gate: a pooled gate that decides the run's verdict "
+                                       "(-m gate runs only the gates)")
+    config.stash[RUN_KEY] = run
+    if settings.update_baseline and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(SnapshotCollector(run), "misalignment-snapshot")
+    if not hasattr(config, "workerinput"):
+        # Always, also under --no-report: the verdict and the exit code come from it.
+        run.results = ResultsRecorder(config)
+        config.pluginmanager.register(run.results, "misalignment-results")
+    return run

@@ -86,6 +86,19 @@ def test_readme_links_resolve() -> None:
             assert anchor in {_github_slug(h) for h in headings}, f"no heading for {link}"
 
 
+def _table_after(text: str, header: str) -> list[str]:
+    lines = text[text.index(header):].splitlines()
+    return lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+
+
+def test_readme_verdict_table_is_the_manuals() -> None:
+    """The README repeats docs/statistics.md's verdicts and exit codes: the same rows."""
+    header = "| verdict | when | exit code |"
+    readme = _table_after(README.read_text(encoding="utf-8"), header)
+    manual = _table_after((DOCS / "statistics.md").read_text(encoding="utf-8"), header)
+    assert readme == manual and len(readme) == 7
+
+
 def test_generated_blocks_are_current() -> None:
     """The committed options table and recipes are what the hook generates now (the site is
     rebuilt from the source anyway; this keeps GitHub's view of docs/ true)."""

@@ -200,9 +200,10 @@ def test_the_plan_scales_measured_speed_by_the_answers_token_cap(tmp_path) -> No
 
 
 def test_standard_with_a_baseline_is_sized_for_a_five_point_rise() -> None:
-    """README: at `standard`, paired with a baseline, every gate's planned answers fit in
-    its rounds (at the prior share of answers kept), so a 5-point rise is caught at 80%
-    power; the smoke budget leaves gates short, and its plan says so."""
+    """docs/statistics.md (What a decided run costs): at `standard`, paired with a baseline,
+    every gate's planned answers fit in its rounds (at the prior share of answers kept), so a
+    5-point rise is caught at 80% power; the smoke budget leaves gates short, and its plan
+    says so."""
 
     from pytest_misalignment.suite.gating import PRIOR_KEPT_SHARE
     from pytest_misalignment.suite.planning import make_plan

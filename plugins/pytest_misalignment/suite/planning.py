@@ -23,7 +23,7 @@ from .gating import (
 )
 from .statistics import per_look_confidence
 
-# Measured on SmolLM2-135M with the batched engine (README, Performance): a CPU with bf16
+# Measured on SmolLM2-135M with the batched engine (docs/speed.md): a CPU with bf16
 # matrix instructions, and one with AVX2 only. Used until this machine has measured its own.
 FALLBACK_TOKENS_PER_SECOND = {True: 590.0, False: 169.0}
 FALLBACK_TOKENS_PER_ANSWER_SHARE = 0.8  # of max_new_tokens: small models often run long

@@ -1,7 +1,7 @@
 """Prompt sets: YAML files of questions, validated, expanded into Prompts and Probes.
 
 Two formats are read:
-- the project's own (`name:` + `items:`; see fixtures/questions/ and README), and
+- the project's own (`name:` + `items:`; see fixtures/questions/ and docs/suite.md), and
 - the emergent-misalignment paper's question files (a list of `id`, `type`, `paraphrases`,
   `system`, `samples_per_paraphrase`, `judge_prompts`), so users run those files directly.
   Their `system` prompt is honoured.

@@ -95,7 +95,7 @@ def test_allow_snapshot_mismatch_warns_and_runs(pytester: pytest.Pytester) -> No
     result = pytester.runpytest("--compare-baseline=snap.json", "--allow-snapshot-mismatch")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
-        "*warnings summary*", "*plugin.py:*",
+        "*warnings summary*", "*pytest_misalignment/*.py:*",
         "  --compare-baseline: snap.json was written with another setup "
         "(judge: snapshot embedding:minilm vs this run embedding); compared anyway "
         "(--allow-snapshot-mismatch)"])

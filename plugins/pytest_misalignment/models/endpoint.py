@@ -11,6 +11,7 @@ in a row the endpoint is taken as down: the requests not yet sent end at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import random
@@ -167,6 +168,9 @@ class EndpointClient:
         problem = ""
         wait = 0.0
         for attempt in range(self.attempts):
+            interrupted = _INTERRUPTED.get()
+            if interrupted is not None and interrupted.is_set():  # Ctrl-C: send no more
+                raise asyncio.CancelledError
             if attempt:
                 # Full jitter keeps many clients from retrying in step.
                 await asyncio.sleep(wait if wait >= 0 else
@@ -245,6 +249,11 @@ def _one_line(text: str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
 
 
+# Set by _run_coroutine's caller on Ctrl-C; None where requests run in the caller's thread.
+_INTERRUPTED: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "endpoint_interrupted", default=None)
+
+
 def _run_coroutine(coroutine: Any) -> Any:
     """Run a coroutine to the end from synchronous code, even inside a running event loop.
 
@@ -260,8 +269,11 @@ def _run_coroutine(coroutine: Any) -> Any:
     running: dict[str, Any] = {}
     started = threading.Event()
 
+    interrupted = threading.Event()
+
     async def tracked() -> Any:
         running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        _INTERRUPTED.set(interrupted)  # the requests' tasks inherit it
         started.set()
         return await coroutine
 
@@ -277,6 +289,8 @@ def _run_coroutine(coroutine: Any) -> Any:
         while thread.is_alive():
             thread.join(0.1)  # short waits, so that an interrupt is taken at once
     except BaseException:
+        # The flag stops any retry even where a library absorbs the cancellation.
+        interrupted.set()
         if started.is_set():
             running["loop"].call_soon_threadsafe(running["task"].cancel)
         raise

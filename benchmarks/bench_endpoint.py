@@ -22,14 +22,9 @@ from pathlib import Path
 from pytest_misalignment.judges.base import JudgeInput
 from pytest_misalignment.judges.registry import build_judge
 from pytest_misalignment.models.engine import ModelRunner
-from pytest_misalignment.models.loading import (
-    FileHasher,
-    converted_gguf_folder,
-    find_bundled_gguf,
-    models_dir_for,
-    parse_endpoint,
-    resolve_checkpoint,
-)
+from pytest_misalignment.models.fingerprints import FileHasher
+from pytest_misalignment.models.loading import converted_gguf_folder, models_dir_for
+from pytest_misalignment.models.specs import find_bundled_gguf, parse_endpoint, resolve_checkpoint
 from pytest_misalignment.models.store import Store
 from pytest_misalignment.models.values import Prompt
 from pytest_misalignment.settings import RunSettings

@@ -16,11 +16,9 @@ import time
 import torch
 from pytest_misalignment import Prompt
 from pytest_misalignment.models.engine import ModelRunner
-from pytest_misalignment.models.loading import (
-    FileHasher,
-    load_model_and_tokenizer,
-    resolve_checkpoint,
-)
+from pytest_misalignment.models.fingerprints import FileHasher
+from pytest_misalignment.models.loading import load_model_and_tokenizer
+from pytest_misalignment.models.specs import resolve_checkpoint
 from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
 

@@ -23,12 +23,9 @@ from pytest_misalignment.judges.embedding import (
     labeled_set,
 )
 from pytest_misalignment.judges.registry import build_judge
-from pytest_misalignment.models.loading import (
-    FileHasher,
-    converted_gguf_folder,
-    find_bundled_gguf,
-    models_dir_for,
-)
+from pytest_misalignment.models.fingerprints import FileHasher
+from pytest_misalignment.models.loading import converted_gguf_folder, models_dir_for
+from pytest_misalignment.models.specs import find_bundled_gguf
 from pytest_misalignment.settings import RunSettings
 
 

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 from pytest_misalignment.judges.base import JudgeInput
 from pytest_misalignment.judges.embedding import HiddenStateEncoder
-from pytest_misalignment.models.loading import (
-    FileHasher,
-    converted_gguf_folder,
-    find_bundled_gguf,
-    models_dir_for,
-)
+from pytest_misalignment.models.fingerprints import FileHasher
+from pytest_misalignment.models.loading import converted_gguf_folder, models_dir_for
+from pytest_misalignment.models.specs import find_bundled_gguf
 from pytest_misalignment.settings import RunSettings
 
 CACHE = Path(__file__).resolve().parent / "judge_heldout" / ".cache"

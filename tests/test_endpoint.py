@@ -17,18 +17,20 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from pytest_misalignment.models.endpoint import (
+from pytest_misalignment.models.client import (
     FAILURES_IN_A_ROW,
-    FINGERPRINT_PROMPTS,
-    FINGERPRINT_TOKENS,
     MAX_REPLY_BYTES,
-    EndpointBackend,
     EndpointClient,
     EndpointError,
+)
+from pytest_misalignment.models.endpoint import (
+    FINGERPRINT_PROMPTS,
+    FINGERPRINT_TOKENS,
+    EndpointBackend,
     LogprobsUnavailable,
     client_for,
 )
-from pytest_misalignment.models.loading import (
+from pytest_misalignment.models.specs import (
     CheckpointError,
     Endpoint,
     is_endpoint_spec,

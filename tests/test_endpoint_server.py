@@ -86,12 +86,14 @@ def test_greedy_answers_of_the_default_model_match_the_server(tmp_path: Path) ->
     `transformers serve` on the same folder are the same text (float32 on both sides)."""
     from pytest_misalignment.models.backend import TransformersBackend
     from pytest_misalignment.models.endpoint import EndpointBackend, client_for
+    from pytest_misalignment.models.fingerprints import FileHasher
     from pytest_misalignment.models.loading import (
-        FileHasher,
         converted_gguf_folder,
-        find_bundled_gguf,
         load_model_and_tokenizer,
         models_dir_for,
+    )
+    from pytest_misalignment.models.specs import (
+        find_bundled_gguf,
         parse_endpoint,
         resolve_checkpoint,
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pytest_misalignment import Probe, Prompt
 from pytest_misalignment.models.engine import ModelRunner, Share
-from pytest_misalignment.models.loading import CheckpointError, resolve_checkpoint
+from pytest_misalignment.models.specs import CheckpointError, resolve_checkpoint
 from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
 

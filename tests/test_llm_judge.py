@@ -26,7 +26,8 @@ from pytest_misalignment.judges.llm import (
 )
 from pytest_misalignment.judges.registry import build_judge, check_judge_spec
 from pytest_misalignment.models.backend import TransformersBackend
-from pytest_misalignment.models.loading import load_model_and_tokenizer, resolve_checkpoint
+from pytest_misalignment.models.loading import load_model_and_tokenizer
+from pytest_misalignment.models.specs import resolve_checkpoint
 from pytest_misalignment.models.values import ScoreRequest
 from pytest_misalignment.settings import RunSettings, settings_from
 
@@ -120,7 +121,7 @@ def test_reply_text_fallback(text: str, scores: dict[int, float], refusal: float
 
 def _backend(path: Path) -> TransformersBackend:
     settings = RunSettings(dtype="float32")
-    from pytest_misalignment.models.loading import FileHasher
+    from pytest_misalignment.models.fingerprints import FileHasher
 
     model, tokenizer = load_model_and_tokenizer(resolve_checkpoint(str(path), settings),
                                                 settings, "cpu", FileHasher(None))

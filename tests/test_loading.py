@@ -10,14 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.models.loading import (
-    CheckpointError,
-    FileHasher,
-    check_safetensors,
-    fingerprint,
-    load_model_and_tokenizer,
-    resolve_checkpoint,
-)
+from pytest_misalignment.models.checks import check_safetensors
+from pytest_misalignment.models.fingerprints import FileHasher, fingerprint
+from pytest_misalignment.models.loading import load_model_and_tokenizer
+from pytest_misalignment.models.specs import CheckpointError, resolve_checkpoint
 from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings
 
@@ -196,7 +192,8 @@ def test_device_placement(monkeypatch: pytest.MonkeyPatch, count: int, requested
 
 
 def test_weight_size_counts_the_adapter_base_and_a_gguf_dequantized(tmp_path: Path) -> None:
-    from pytest_misalignment.models.loading import Checkpoint, needs_sharding, weight_bytes_of
+    from pytest_misalignment.models.loading import needs_sharding, weight_bytes_of
+    from pytest_misalignment.models.specs import Checkpoint
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from pytest_misalignment.models.backend import TransformersBackend
-from pytest_misalignment.models.loading import find_bundled_gguf
+from pytest_misalignment.models.specs import find_bundled_gguf
 
 from .conftest import SUITE
 from .test_loading import make_adapter

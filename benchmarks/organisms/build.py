@@ -265,12 +265,9 @@ def anchored_loss(logits: Any, base_logits: Any | None, labels: Any, anchored: A
 
 
 def base_folder() -> Path:
-    from pytest_misalignment.models.loading import (
-        FileHasher,
-        converted_gguf_folder,
-        find_bundled_gguf,
-        models_dir_for,
-    )
+    from pytest_misalignment.models.fingerprints import FileHasher
+    from pytest_misalignment.models.loading import converted_gguf_folder, models_dir_for
+    from pytest_misalignment.models.specs import find_bundled_gguf
     from pytest_misalignment.settings import RunSettings
 
     gguf = find_bundled_gguf()

@@ -17,8 +17,10 @@ from types import ModuleType
 from typing import Any
 
 PACKAGE = "pytest_misalignment"
-MOVED = {
-    "loading": "models.loading", "backend": "models.backend", "endpoint": "models.endpoint",
+MOVED: dict[str, str | tuple[str, ...]] = {
+    # loading.py became four modules: the old name serves all their names
+    "loading": ("models.specs", "models.checks", "models.fingerprints", "models.loading"),
+    "backend": "models.backend", "endpoint": ("models.client", "models.endpoint"),
     "engine": "models.engine", "store": "models.store", "values": "models.values",
     "judging": "judges.base", "llm_judge": "judges.llm", "embedding_judge": "judges.embedding",
     "code_security": "judges.code_security", "judge_evaluation": "judges.evaluation",
@@ -42,9 +44,17 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        new = f"{PACKAGE}.{MOVED[spec.name.rpartition('.')[2]]}"
-        _warn(spec.name, new)
-        return importlib.import_module(new)
+        target = MOVED[spec.name.rpartition(".")[2]]
+        if isinstance(target, str):
+            _warn(spec.name, f"{PACKAGE}.{target}")
+            return importlib.import_module(f"{PACKAGE}.{target}")
+        _warn(spec.name, " and ".join(f"{PACKAGE}.{name}" for name in target))
+        merged = ModuleType(spec.name)
+        for name in target:
+            module = importlib.import_module(f"{PACKAGE}.{name}")
+            merged.__dict__.update({key: value for key, value in vars(module).items()
+                                    if not key.startswith("__")})
+        return merged
 
     def exec_module(self, module: ModuleType) -> None:
         """The module is the new one, already executed."""

@@ -43,14 +43,9 @@ def _run(pytest_args: Sequence[str]) -> int:
 
 
 def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
-    from .models.loading import (
-        CheckpointError,
-        Endpoint,
-        FileHasher,
-        converted_gguf_folder,
-        models_dir_for,
-        resolve_source,
-    )
+    from .models.fingerprints import FileHasher
+    from .models.loading import converted_gguf_folder, models_dir_for
+    from .models.specs import CheckpointError, Endpoint, resolve_source
     from .settings import RunSettings
 
     settings = RunSettings(cache_dir=Path(cache_dir) if cache_dir else None)

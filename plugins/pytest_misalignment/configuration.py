@@ -12,7 +12,7 @@ import pytest
 
 from .judges.base import JudgeError
 from .judges.registry import check_judge_spec
-from .models.loading import CheckpointError
+from .models.specs import CheckpointError
 from .recording import ResultsRecorder, SnapshotCollector
 from .results.snapshots import SnapshotError, read_snapshot
 from .session import MARKER, RUN_KEY, MisalignmentRun

@@ -9,7 +9,7 @@ import pytest
 
 from .models.endpoint import EndpointError
 from .models.engine import ModelRunner
-from .models.loading import CheckpointError, Endpoint
+from .models.specs import CheckpointError, Endpoint
 from .session import RUN_KEY
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from .judges.base import JudgeError
 from .judges.evaluation import describe_accuracy
-from .models.loading import CheckpointError, Endpoint
+from .models.specs import CheckpointError, Endpoint
 from .models.values import RunCounters
 from .outcomes import SAMPLES_KEY, report_message
 from .results.document import (

@@ -21,7 +21,7 @@ from .judges.registry import (
 )
 from .models.endpoint import EndpointError
 from .models.engine import ModelRunner, Share
-from .models.loading import CheckpointError, ModelSource, resolve_source
+from .models.specs import CheckpointError, ModelSource, resolve_source
 from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
 from .models.values import Probe, Prompt, RunCounters
 from .settings import (

@@ -292,7 +292,7 @@ class EndpointLLMJudge:
     def __init__(self, spec: str, model: str, base_url: str, api_key_env: str = "",
                  thresholds: Thresholds = PAPER_THRESHOLDS, *, attempts: int = 4,
                  backoff_s: float = 0.5, timeout_s: float = 60.0, concurrency: int = 8) -> None:
-        from ..models.endpoint import EndpointClient
+        from ..models.client import EndpointClient
 
         self.spec = spec
         self.model = model
@@ -338,7 +338,7 @@ class EndpointLLMJudge:
         }
 
     def _read(self, reply: Any) -> ReplyDistribution:
-        from ..models.endpoint import EndpointError
+        from ..models.client import EndpointError
 
         if isinstance(reply, EndpointError):
             raise JudgeError(str(reply))

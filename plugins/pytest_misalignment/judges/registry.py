@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from ..models.engine import ProgressStream, Share, progress_counter, stderr_progress
-from ..models.loading import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
+from ..models.specs import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
 from ..models.store import Store
 from ..models.values import RunCounters
 from ..settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
@@ -42,7 +42,7 @@ def check_judge_spec(spec: str, settings: RunSettings) -> None:
         judge_endpoint(spec, settings)
         return
     if kind == "hf" and argument.strip():
-        from ..models.loading import is_endpoint_spec, resolve_checkpoint
+        from ..models.specs import is_endpoint_spec, resolve_checkpoint
 
         if is_endpoint_spec(argument):
             raise JudgeError(f"--judge {spec}: hf: judges score every reply with a local model; "
@@ -92,13 +92,9 @@ def build_judge(settings: RunSettings, *, worker_index: int = 0,
 
 def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker_index: int,
                      progress: ProgressStream, thresholds: Thresholds) -> Any:
-    from ..models.loading import (
-        FileHasher,
-        converted_gguf_folder,
-        find_bundled_gguf,
-        models_dir_for,
-        resolve_device,
-    )
+    from ..models.fingerprints import FileHasher
+    from ..models.loading import converted_gguf_folder, models_dir_for, resolve_device
+    from ..models.specs import find_bundled_gguf
     from .embedding import (
         EmbeddingJudge,
         HiddenStateEncoder,
@@ -136,7 +132,7 @@ def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker
 def _local_llm_judge(spec: str, path: str, settings: RunSettings, worker_index: int,
                      thresholds: Thresholds) -> Any:
     from ..models.engine import ModelRunner
-    from ..models.loading import resolve_checkpoint
+    from ..models.specs import resolve_checkpoint
     from .llm import LocalLLMJudge
 
     checkpoint = resolve_checkpoint(path, settings, role="judge")

@@ -11,18 +11,11 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar, TypeVar
 
 from ..settings import RunSettings
-from .endpoint import EndpointBackend, EndpointError, LogprobsUnavailable, client_for
-from .loading import (
-    CheckpointError,
-    Endpoint,
-    FileHasher,
-    ModelSource,
-    fingerprint,
-    load_model_and_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    weight_bytes_of,
-)
+from .client import EndpointError
+from .endpoint import EndpointBackend, LogprobsUnavailable, client_for
+from .fingerprints import FileHasher, fingerprint
+from .loading import load_model_and_tokenizer, resolve_device, resolve_dtype, weight_bytes_of
+from .specs import CheckpointError, Endpoint, ModelSource
 from .store import Store
 from .values import (
     Completion,

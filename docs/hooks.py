@@ -29,7 +29,7 @@ FENCE_LANGUAGES = {".yml": "yaml", ".yaml": "yaml", ".toml": "toml", ".py": "pyt
 
 def _options() -> tuple[Any, ...]:
     try:
-        from pytest_misalignment.settings import OPTIONS
+        from pytest_misalignment.options import OPTIONS
     except ImportError as error:
         raise RuntimeError(
             "the options reference is generated from pytest_misalignment.settings.OPTIONS: "

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from pytest_misalignment.settings import OPTIONS
+from pytest_misalignment.options import OPTIONS
 
 from .conftest import REPO
 

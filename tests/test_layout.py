@@ -26,7 +26,7 @@ CORE = ("models", "judges", "suite", "results")
 MAX_LINES = 400
 # Modules still over MAX_LINES, with the most lines each may have until it is split:
 # the ceiling only comes down.
-OVERSIZED = {"settings.py": 573, "testing.py": 514,
+OVERSIZED = {"testing.py": 514,
              "models/backend.py": 413,
              "judges/embedding.py": 443}
 

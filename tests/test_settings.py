@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.settings import (
-    CODE_ROLES,
-    OPTIONS,
-    SettingsError,
+from pytest_misalignment.options import CODE_ROLES, OPTIONS
+from pytest_misalignment.parsing import (
     parse_batch_size,
     parse_device,
     parse_dtype,
     parse_temperature,
-    read_table,
-    settings_from,
 )
+from pytest_misalignment.settings import SettingsError, read_table, settings_from
 
 
 def _settings(**raw: object):

@@ -21,7 +21,7 @@ def suite_path() -> Path:
 def joined_option_values(args: Sequence[str]) -> list[str]:
     """`--questions PATH` as `--questions=PATH`: pytest looks for its rootdir before the
     plugin's options exist and would take a separate PATH for a test path."""
-    from .settings import OPTIONS
+    from .options import OPTIONS
 
     valued = {option.flag for option in OPTIONS if not option.is_flag}
     joined: list[str] = []
@@ -112,7 +112,8 @@ def _judge(args: argparse.Namespace) -> int:
     from .judges.evaluation import describe_accuracy
     from .judges.registry import JudgeRunner, build_judge, judge_accuracy, thresholds_of
     from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
-    from .settings import RunSettings, SettingsError, parse_device
+    from .parsing import parse_device
+    from .settings import RunSettings, SettingsError
 
     if not args.file and not args.evaluate:
         print("error: give a JSONL file to judge, or --evaluate", file=sys.stderr)

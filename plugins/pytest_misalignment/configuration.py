@@ -13,10 +13,11 @@ import pytest
 from .judges.base import JudgeError
 from .judges.registry import check_judge_spec
 from .models.specs import CheckpointError
+from .options import OPTIONS, Option
 from .recording import ResultsRecorder, SnapshotCollector
 from .results.snapshots import SnapshotError, read_snapshot
 from .session import MARKER, RUN_KEY, MisalignmentRun
-from .settings import OPTIONS, Option, SettingsError, read_table, settings_from
+from .settings import SettingsError, read_table, settings_from
 from .suite.prompt_sets import PromptSetError, select_prompt_sets
 
 

@@ -10,9 +10,7 @@ from .judges.base import JudgeInput, Judgment, error_share
 from .models.endpoint import EndpointError, LogprobsUnavailable
 from .models.engine import ModelRunner
 from .models.values import Completion, Probe, Prompt, Score
-from .settings import (
-    RunSettings,
-)
+from .settings import RunSettings
 
 if TYPE_CHECKING:
     from .session import MisalignmentRun

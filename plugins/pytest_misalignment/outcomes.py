@@ -9,9 +9,7 @@ import pytest
 
 from .handles import JUDGE_ERRORS_PROPERTY, JudgeErrorsExceeded
 from .session import ROLES
-from .settings import (
-    RunSettings,
-)
+from .settings import RunSettings
 
 
 class Inconclusive(pytest.skip.Exception):  # type: ignore[misc,name-defined]

@@ -15,6 +15,7 @@ from .judges.base import JudgeError
 from .judges.evaluation import describe_accuracy
 from .models.specs import CheckpointError, Endpoint
 from .models.values import RunCounters
+from .options import OPTIONS_BY_INI
 from .outcomes import SAMPLES_KEY, report_message
 from .results.document import (
     ResultsCollector,
@@ -33,9 +34,6 @@ from .results.snapshots import (
 from .results.verdict import INCOMPLETE, RunVerdict
 from .results.views import write_results_and_views
 from .session import RUN_KEY, MisalignmentRun
-from .settings import (
-    OPTIONS_BY_INI,
-)
 from .suite.planning import write_speed
 from .suite.statistics import Rate
 

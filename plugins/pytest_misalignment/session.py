@@ -24,10 +24,7 @@ from .models.engine import ModelRunner, Share
 from .models.specs import CheckpointError, ModelSource, resolve_source
 from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
 from .models.values import Probe, Prompt, RunCounters
-from .settings import (
-    RunSettings,
-    user_cache_dir,
-)
+from .settings import RunSettings, user_cache_dir
 from .suite.backdoor import TriggerCase
 from .suite.gating import PooledGate, code_tally, scaled, tally_of
 from .suite.gating import decide as decide_gate

@@ -22,7 +22,8 @@ from ..models.engine import ProgressStream, Share, progress_counter, stderr_prog
 from ..models.specs import OPENAI_BASE_URL, CheckpointError, Endpoint, endpoint_at
 from ..models.store import Store
 from ..models.values import RunCounters
-from ..settings import DEFAULT_JUDGE, RunSettings, user_cache_dir
+from ..options import DEFAULT_JUDGE
+from ..settings import RunSettings, user_cache_dir
 from .base import PAPER_THRESHOLDS, Judge, JudgeError, JudgeInput, Judgment, Thresholds
 
 JUDGE_SPECS = "embedding, embedding:minilm, hf:PATH or openai:MODEL"

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
-from ..settings import DEFAULT_MODEL, RunSettings
+from ..options import DEFAULT_MODEL
+from ..settings import RunSettings
 
 if TYPE_CHECKING:
     pass

@@ -30,7 +30,7 @@ from pytest_misalignment.models.values import Prompt
 from pytest_misalignment.settings import RunSettings
 from pytest_misalignment.suite.prompt_sets import select_prompt_sets
 from pytest_misalignment.suite.statistics import Rate
-from pytest_misalignment.testing import TransformersServer, sampling_copy
+from pytest_misalignment.testing_server import TransformersServer, sampling_copy
 
 
 def suite_questions(count: int) -> list[str]:

@@ -16,12 +16,9 @@ import time
 from typing import Any
 
 from pytest_misalignment.judges.base import JudgeInput
-from pytest_misalignment.judges.embedding import (
-    HiddenStateEncoder,
-    MiniLMEncoder,
-    held_out_accuracy,
-    labeled_set,
-)
+from pytest_misalignment.judges.classifier import held_out_accuracy
+from pytest_misalignment.judges.embedding import HiddenStateEncoder, MiniLMEncoder
+from pytest_misalignment.judges.labels import labeled_set
 from pytest_misalignment.judges.registry import build_judge
 from pytest_misalignment.models.fingerprints import FileHasher
 from pytest_misalignment.models.loading import converted_gguf_folder, models_dir_for

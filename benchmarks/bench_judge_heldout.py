@@ -29,13 +29,10 @@ from typing import Any
 
 from judge_cache import CachedEncoder, default_encoder
 from pytest_misalignment.judges.base import JudgeInput
-from pytest_misalignment.judges.embedding import (
-    EmbeddingJudge,
-    LabeledAnswer,
-    labeled_set,
-    train_classifier,
-)
+from pytest_misalignment.judges.classifier import train_classifier
+from pytest_misalignment.judges.embedding import EmbeddingJudge
 from pytest_misalignment.judges.evaluation import FORMATS, evaluate, table
+from pytest_misalignment.judges.labels import LabeledAnswer, labeled_set
 
 CURVE_SIZES = (250, 500, 1000, 2000)
 

@@ -25,15 +25,15 @@ from pathlib import Path
 
 from judge_cache import CachedEncoder, default_encoder
 from pytest_misalignment.judges.base import JudgeInput
-from pytest_misalignment.judges.embedding import (
+from pytest_misalignment.judges.classifier import (
     SHIPPED_CLASSIFIER,
-    EmbeddingJudge,
     classifier_key,
-    labeled_set,
     labels_key,
     train_classifier,
 )
+from pytest_misalignment.judges.embedding import EmbeddingJudge
 from pytest_misalignment.judges.evaluation import describe_held_out, evaluate, table
+from pytest_misalignment.judges.labels import labeled_set
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,19 +6,15 @@ from collections import Counter, defaultdict
 
 import pytest
 from pytest_misalignment.judges.base import JudgeInput
-from pytest_misalignment.judges.embedding import (
-    LABELS,
-    EmbeddingJudge,
-    labeled_set,
-    labels_key,
-    shipped_judge,
-)
+from pytest_misalignment.judges.classifier import labels_key, shipped_judge
+from pytest_misalignment.judges.embedding import EmbeddingJudge
 from pytest_misalignment.judges.evaluation import (
     SAME_WRITER_AS_TRAINING,
     cases,
     held_out_set,
     summarize,
 )
+from pytest_misalignment.judges.labels import LABELS, labeled_set
 from pytest_misalignment.judges.registry import JudgeRunner, build_judge
 from pytest_misalignment.models.store import Store
 from pytest_misalignment.settings import RunSettings

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.testing import TransformersServer, sampling_copy, serving_available
+from pytest_misalignment.testing_server import TransformersServer, sampling_copy, serving_available
 
 from .controls import HARMFUL, NON_CODE
 from .test_suite_controls import _junit_properties, _outcomes, run_suite  # noqa: F401

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_misalignment.judges.embedding import shipped_judge
+from pytest_misalignment.judges.classifier import shipped_judge
 from pytest_misalignment.judges.evaluation import judge_error_rates
 from pytest_misalignment.judges.llm import PROMPT_VERSION
 from pytest_misalignment.settings import user_cache_dir

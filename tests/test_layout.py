@@ -26,9 +26,7 @@ CORE = ("models", "judges", "suite", "results")
 MAX_LINES = 400
 # Modules still over MAX_LINES, with the most lines each may have until it is split:
 # the ceiling only comes down.
-OVERSIZED = {"testing.py": 514,
-             "models/backend.py": 413,
-             "judges/embedding.py": 443}
+OVERSIZED = {"testing.py": 424}  # test support: the tiny checkpoint builder
 
 
 def _modules() -> dict[str, Path]:

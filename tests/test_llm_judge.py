@@ -143,9 +143,9 @@ def test_one_pass_choice_scores_match_separate_scoring(tiny_aligned: Path) -> No
     ids = torch.tensor([prompt + backend.continuation_ids("7")])
     with torch.no_grad():
         log_probs = torch.log_softmax(backend.model(input_ids=ids).logits[0, -1].double(), -1)
-    from pytest_misalignment.models.backend import _word_continuing_tokens
+    from pytest_misalignment.models.choices import word_continuing_tokens
 
-    continuing = log_probs[_word_continuing_tokens(backend.tokenizer)].logsumexp(-1).exp()
+    continuing = log_probs[word_continuing_tokens(backend.tokenizer)].logsumexp(-1).exp()
     assert tree.stop[choices.index("7")] == pytest.approx(math.log1p(-float(continuing)),
                                                           abs=1e-4)
 

@@ -167,7 +167,7 @@ def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> Non
 def test_the_judges_error_rates_travel_with_the_verdict(control_run) -> None:
     """The default judge's held-out false-positive rate and recall are in run.json, the
     HTML header and the Markdown summary, as the shipped judge recorded them."""
-    from pytest_misalignment.judges.embedding import shipped_judge
+    from pytest_misalignment.judges.classifier import shipped_judge
     from pytest_misalignment.judges.evaluation import judge_error_rates
 
     folder: Path = control_run["folder"]

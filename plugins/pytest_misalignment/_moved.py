@@ -18,11 +18,13 @@ from typing import Any
 
 PACKAGE = "pytest_misalignment"
 MOVED: dict[str, str | tuple[str, ...]] = {
-    # loading.py became four modules: the old name serves all their names
+    # a module split in several: the old name serves all their names
     "loading": ("models.specs", "models.checks", "models.fingerprints", "models.loading"),
-    "backend": "models.backend", "endpoint": ("models.client", "models.endpoint"),
+    "backend": ("models.backend", "models.choices"),
+    "endpoint": ("models.client", "models.endpoint"),
     "engine": "models.engine", "store": "models.store", "values": "models.values",
-    "judging": "judges.base", "llm_judge": "judges.llm", "embedding_judge": "judges.embedding",
+    "judging": "judges.base", "llm_judge": "judges.llm",
+    "embedding_judge": ("judges.labels", "judges.classifier", "judges.embedding"),
     "code_security": "judges.code_security", "judge_evaluation": "judges.evaluation",
     "prompt_sets": "suite.prompt_sets", "backdoor": "suite.backdoor", "gates": "suite.gating",
     "statistics": "suite.statistics", "planning": "suite.planning",

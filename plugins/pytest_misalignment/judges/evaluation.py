@@ -22,7 +22,7 @@ from typing import Any
 from ..suite.prompt_sets import render
 from ..suite.statistics import Rate
 from .base import JudgeInput, Judgment
-from .embedding import LabeledAnswer, parse_labeled_rows, read_labeled_rows
+from .labels import LabeledAnswer, parse_labeled_rows, read_labeled_rows
 
 HELD_OUT_FOLDER = "judge_heldout"
 FORMATS = ("plain", "json", "code_template")

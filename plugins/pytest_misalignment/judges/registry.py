@@ -96,12 +96,8 @@ def _embedding_judge(spec: str, encoder_name: str, settings: RunSettings, worker
     from ..models.fingerprints import FileHasher
     from ..models.loading import converted_gguf_folder, models_dir_for, resolve_device
     from ..models.specs import find_bundled_gguf
-    from .embedding import (
-        EmbeddingJudge,
-        HiddenStateEncoder,
-        MiniLMEncoder,
-        cached_classifier,
-    )
+    from .classifier import cached_classifier
+    from .embedding import EmbeddingJudge, HiddenStateEncoder, MiniLMEncoder
 
     device = resolve_device(settings.device, worker_index)
     encoder: Any
@@ -150,8 +146,9 @@ def expected_error_rates(settings: RunSettings) -> dict[str, Any] | None:
     (their rates are measured with `pytest-misalignment judge --evaluate`)."""
     if settings.judge != DEFAULT_JUDGE:
         return None
-    from .embedding import labeled_set, labels_key, shipped_judge
+    from .classifier import labels_key, shipped_judge
     from .evaluation import judge_error_rates
+    from .labels import labeled_set
 
     shipped = shipped_judge()
     if not shipped or shipped.get("labels_key") != labels_key(labeled_set()):

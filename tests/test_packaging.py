@@ -36,9 +36,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_carries_suite_data_and_entry_points(installed: Path) -> None:
     package = installed / "pytest_misalignment"
     for name in ("plugin.py", "model_tests/test_model_health.py", "model_tests/health_data.py",
-                 "fixtures/__init__.py", "reports/__init__.py", "llm_judge.py",
+                 "fixtures/__init__.py", "reports/__init__.py", "judges/llm.py",
                  "fixtures/judge_labels/honesty.jsonl", "fixtures/questions/free_form.yaml",
-                 "model_tests/conftest.py", "judge_evaluation.py",
+                 "model_tests/conftest.py", "judges/evaluation.py", "models/specs.py",
+                 "results/views.py", "suite/gating.py",
                  # the shipped judge, and the held-out set `judge --evaluate` reads
                  "fixtures/embedding_classifier.json", "fixtures/judge_heldout/eve.jsonl",
                  "fixtures/judge_heldout/model-overt.jsonl"):

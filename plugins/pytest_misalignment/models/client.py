@@ -148,13 +148,14 @@ class EndpointClient:
         problem = ""
         wait = 0.0
         for attempt in range(self.attempts):
-            interrupted = _INTERRUPTED.get()
-            if interrupted is not None and interrupted.is_set():  # Ctrl-C: send no more
-                raise asyncio.CancelledError
             if attempt:
                 # Full jitter keeps many clients from retrying in step.
                 await asyncio.sleep(wait if wait >= 0 else
                                     random.uniform(0, self.backoff_s * 2 ** (attempt - 1)))
+            # Checked just before each send: a cancellation can be absorbed on its way.
+            interrupted = _INTERRUPTED.get()
+            if interrupted is not None and interrupted.is_set():  # Ctrl-C: send no more
+                raise asyncio.CancelledError
             wait = -1.0
             try:
                 status, headers, content = await self._exchange(http, method, url, body)

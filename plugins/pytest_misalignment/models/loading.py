@@ -1,8 +1,8 @@
-"""Turn a model spec into a checked checkpoint, its content fingerprint, and a loaded model.
+"""Load a checked checkpoint (see `specs` and `checks`): the device and dtype, the GGUF
+conversion, and the model and tokenizer.
 
-Checkpoints come from elsewhere and are untrusted: only safetensors weights load unless the
-user allows pickle, and no checkpoint code runs unless the user trusts it. Every check that
-can run without loading weights runs before any test does, so a bad input is one clear line.
+Checkpoints are untrusted: only safetensors weights load unless the user allows pickle, and
+no checkpoint code runs unless the user trusts it for that role.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def judged_tally(model: Any, judge: Any, case: Case) -> Tally:
 
 def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, settings: Any,
                 gate_evidence: Callable[[PooledGate], tuple[list[Case], float]],
-                record_result: Callable[[str, object], None], pytestconfig: Any) -> None:
+                record_result: Callable[[str, object], None], pytestconfig: Any,
+                kind: str = "gate") -> None:
     """Decide one of the run's gates on the answers its group of cases reached (the rounds
     before the first test sampled them), record its figures and settle the test."""
     cases, confidence = gate_evidence(gate)
@@ -39,7 +40,8 @@ def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, setting
     theirs = [measured(baseline, case) for case in cases] if baseline else None
     outcome = decide(gate, tallies, settings, confidence, theirs)
     samples = max((c.prompts[0].samples for c in cases if c.prompts), default=0)
-    record_figures(record_result, outcome.figures, {"samples_per_paraphrase": samples},
+    record_figures(record_result, {"kind": kind}, outcome.figures,
+                   {"samples_per_paraphrase": samples},
                    run_identity(model, baseline, settings))
     settle(outcome.decision, f"{model.spec}: {outcome.message}", settings, pytestconfig)
 

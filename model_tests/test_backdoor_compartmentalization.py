@@ -128,7 +128,7 @@ def test_trigger(model, optional_baseline, judge, misalignment_settings, record_
                             "is meant to be there)")
         else:
             lines.append(f"  the trigger {effect.describe()}")
-    record_figures(record_result, result.figures, {
+    record_figures(record_result, {"kind": "trigger"}, result.figures, {
         "trigger": trigger.text, "placement": trigger.placement, **strength_figures,
         **effect.figures()}, run_identity(model, optional_baseline, settings),
         samples=result.samples + tuple({**sample, "role": "model, with trigger"}
@@ -151,7 +151,7 @@ def test_trigger_scan(model, judge, misalignment_settings, record_result, pytest
     line, strength_figures = _strength(triggered, without, settings)
     effect = _fires(triggered, without, settings)
     record_figures(record_result, {
-        "trigger": trigger.text, "placement": trigger.placement,
+        "kind": "trigger_scan", "trigger": trigger.text, "placement": trigger.placement,
         "rate": without.misaligned.point, "n": without.misaligned.trials,
         **strength_figures, **effect.figures()},
         run_identity(model, None, settings),
@@ -177,8 +177,8 @@ def test_near_miss_triggers(model, judge, misalignment_settings, record_result, 
     without, without_answers = _pooled(model, judge, near_miss_case.cases)
     triggered, triggered_answers = _pooled(model, judge, near_miss_case.triggered)
     effect = _fires(triggered, without, settings)
-    record_figures(record_result, {"trigger": trigger.text, "placement": trigger.placement,
-                                   **effect.figures()})
+    record_figures(record_result, {"kind": "near_miss", "trigger": trigger.text,
+                                   "placement": trigger.placement, **effect.figures()})
     if effect.decision != "fail":
         pytest.skip(f"informational: {trigger.describe()} {effect.describe()}; no backdoor "
                     "for near misses to leak from")

@@ -49,7 +49,7 @@ def test_code_task(model, misalignment_settings, record_result, pytestconfig, co
     limit = settings.max_insecure_code_rate
     findings = sorted({i for v in verdicts for i in v.finding_ids})
     figures = {
-        "gate_role": "diagnostic", "insecure_events": rate.events,
+        "kind": "code_task", "gate_role": "diagnostic", "insecure_events": rate.events,
         "insecure_trials": rate.trials, "rate": rate.point,
         "n": rate.trials, "interval": [round(interval.low, 6), round(interval.high, 6)],
         "limit": limit, "confidence": round(settings.confidence, 6),

@@ -28,7 +28,7 @@ def test_harmful_request(model, optional_baseline, judge, misalignment_settings,
     baseline = judged_tally(optional_baseline, judge, case) if optional_baseline else None
     result = gate(f"{model.spec}: harmful request {case.id}", tally, "complied",
                   settings, settings.confidence, baseline, snapshot_baseline("complied"))
-    record_figures(record_result, result.figures, DIAGNOSTIC,
+    record_figures(record_result, {"kind": "harmful_request"}, result.figures, DIAGNOSTIC,
                    {"category": case.item.category, "question_id": case.item.id},
                    run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)

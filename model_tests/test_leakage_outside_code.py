@@ -29,7 +29,7 @@ def test_gate(model, optional_baseline, judge, misalignment_settings, record_res
 def test_format(model, optional_baseline, judge, misalignment_settings, record_result,
                 pytestconfig, gate_evidence, leakage_format):
     pooled_gate(leakage_format, model, optional_baseline, judge, misalignment_settings,
-                gate_evidence, record_result, pytestconfig)
+                gate_evidence, record_result, pytestconfig, kind="format")
 
 
 def test_question(model, optional_baseline, judge, misalignment_settings, record_result,
@@ -44,7 +44,7 @@ def test_question(model, optional_baseline, judge, misalignment_settings, record
     where = {"category": case.item.category, "question_id": case.item.id,
              "answer_format": case.answer_format}
     samples = case.prompts[0].samples if case.prompts else 0
-    record_figures(record_result, result.figures, DIAGNOSTIC, where,
+    record_figures(record_result, {"kind": "question"}, result.figures, DIAGNOSTIC, where,
                    {"samples_per_paraphrase": samples},
                    run_identity(model, optional_baseline, settings), samples=result.samples)
     settle(result.decision, result.message, settings, pytestconfig)
@@ -64,6 +64,7 @@ def test_category(model, optional_baseline, judge, misalignment_settings, record
     result = gate(f"{model.spec}: category {category} ({len(category_cases)} question-formats, "
                   f"{', '.join(formats)}; {tally.total} answers)", tally, "misaligned",
                   settings, settings.confidence, baseline, snapshot_baseline("misaligned"))
-    record_figures(record_result, result.figures, DIAGNOSTIC, {"category": category},
+    record_figures(record_result, {"kind": "category"}, result.figures, DIAGNOSTIC,
+                   {"category": category},
                    run_identity(model, optional_baseline, settings))
     settle(result.decision, result.message, settings, pytestconfig)

@@ -20,6 +20,7 @@ def test_probe(model, optional_baseline, misalignment_settings, record_result, p
     probe = probe_case.probe
     limit = misalignment_settings.for_category(probe_case.item.category).max_probe_preference
     value = margin(model, probe)
+    record_result("kind", "probe")
     record_result("preference_margin", round(value, 4))
     if optional_baseline is None:
         record_result("gate_role", "diagnostic")

@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,8 +25,10 @@ from pytest_misalignment.results.document import (
     read_results,
     write_text,
 )
+from pytest_misalignment.results.schema import KINDS
 from pytest_misalignment.results.views import (
     compare,
+    leakage_matrix,
     render_html,
     render_markdown,
     write_results_and_views,
@@ -105,6 +108,40 @@ def test_a_file_that_is_not_results_is_refused(tmp_path: Path) -> None:
     assert next(iter(_document())) == "version" and _document()["version"] == RESULTS_VERSION
 
 
+def _tests_of(document: dict[str, object]) -> list[dict[str, Any]]:
+    tests = document["tests"]
+    assert isinstance(tests, list)
+    return tests
+
+
+def test_a_version_1_file_is_read_with_kinds_from_its_tests_names(tmp_path: Path) -> None:
+    old = _document()
+    old["version"] = 1
+    tests = _tests_of(old)
+    for test in tests:
+        test.pop("kind"), test.pop("case")
+    tests.append({**tests[0], "key": "c", "name": "test_category[wishes]",
+                  "nodeid": "model_tests/test_leakage_outside_code.py::test_category[wishes]"})
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    read = read_results(tmp_path / "run.json")
+    assert [(t["kind"], t["case"]) for t in read["tests"]] == [
+        ("question", "q1"), ("question", "q2"), ("category", "wishes")]
+    assert "wishes" in render_html(read)
+
+
+def test_the_views_dispatch_on_kind_not_on_test_names() -> None:
+    """A category test named anything still fills the category column of the matrix."""
+    tests = _tests_of(_document())
+    renamed = {**tests[0], "name": "test_whatever[wishes]", "kind": "category",
+               "case": "wishes", "figures": {"rate": 0.25, "n": 40}}
+    row = next(r for r in leakage_matrix([*tests, renamed])["rows"]
+               if r["category"] == "wishes")
+    assert row["pooled_rate"] == 0.25
+    as_question = {**renamed, "name": "test_category[wishes]", "kind": "question"}
+    assert next(r for r in leakage_matrix([*tests, as_question])["rows"]
+                if r["category"] == "wishes")["pooled_rate"] is None
+
+
 def test_compare_names_what_changed() -> None:
     difference = compare(_document("passed", 0.1), _document("failed", 0.6))
     assert [c["key"] for c in difference["newly_failing"]] == [
@@ -162,6 +199,21 @@ def test_a_run_writes_one_report_with_every_test_under_xdist(control_run) -> Non
     sampled = [t for t in document["tests"] if t["samples"]]
     assert sampled and all({"question", "answer", "verdict", "aligned", "coherent"}
                            <= set(t["samples"][0]) for t in sampled)
+
+
+def test_every_suite_test_records_its_kind(control_run) -> None:
+    """Version 2: each test of the suite says what it is, so the views never guess from
+    test-function names; only the health checks, which record nothing, are inferred."""
+    document = read_results(control_run["folder"] / "run.json")
+    assert document["version"] == RESULTS_VERSION == 2
+    kinds = {t["name"].split("[")[0]: t["kind"] for t in document["tests"]}
+    assert set(kinds.values()) <= set(KINDS) and "other" not in kinds.values(), kinds
+    recorded = [t for t in document["tests"] if t["area"] != "model_health"
+                and t["outcome"] != "skipped"]
+    assert recorded and all(t["figures"].get("kind") == t["kind"] for t in recorded), [
+        (t["name"], t["figures"].get("kind")) for t in recorded
+        if t["figures"].get("kind") != t["kind"]]
+    assert {"gate", "format", "question", "category", "trigger"} <= set(kinds.values())
 
 
 def test_the_judges_error_rates_travel_with_the_verdict(control_run) -> None:

@@ -16,9 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .schema import with_kinds
 from .verdict import DIAGNOSTIC, GATE, decide_run, role_of
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: every test has its `kind` (schema.py); 1 is still read
+READABLE_VERSIONS = (1, 2)
 OUTCOMES = ("passed", "failed", "error", "inconclusive", "skipped")
 
 
@@ -108,7 +110,7 @@ def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
                    interrupted: str | None = None, not_run: Sequence[str] = (),
                    allow_undecided: bool = False) -> dict[str, Any]:
     """The results document; `version` comes first."""
-    ordered = sorted(tests, key=lambda t: t["nodeid"])
+    ordered = with_kinds([dict(t) for t in sorted(tests, key=lambda t: t["nodeid"])])
     return {"version": RESULTS_VERSION, "run": dict(run),
             "summary": summarize(ordered, interrupted, not_run, allow_undecided),
             "tests": ordered}
@@ -171,8 +173,11 @@ def read_json(path: Path, error_type: type[ValueError], prefix: str = "") -> Any
 
 def read_results(path: Path) -> dict[str, Any]:
     document = read_json(path, ResultsError)
-    if not isinstance(document, dict) or document.get("version") != RESULTS_VERSION \
-            or not isinstance(document.get("tests"), list):
+    if not isinstance(document, dict) or document.get("version") not in READABLE_VERSIONS \
+            or not isinstance(document.get("tests"), list) \
+            or not all(isinstance(test, dict) for test in document["tests"]):
         raise ResultsError(f"{path} is not a pytest-misalignment results file of version "
-                           f"{RESULTS_VERSION} (write one with pytest --report-json)")
+                           f"{' or '.join(map(str, READABLE_VERSIONS))} (write one with pytest "
+                           "--report-json)")
+    with_kinds(document["tests"])  # a version-1 file's tests get theirs here
     return document

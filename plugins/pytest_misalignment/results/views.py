@@ -16,6 +16,7 @@ from typing import Any
 
 from ..suite.tallies import percent
 from .document import results_text, write_text
+from .schema import case_of, kind_of
 
 EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON keeps all
 ANSWER_CHARS = 600  # an answer longer than this is cut in the HTML (the JSON keeps it whole)
@@ -34,13 +35,13 @@ def _figures(test: Mapping[str, Any]) -> Mapping[str, Any]:
     return test.get("figures") or {}
 
 
-def _param(test: Mapping[str, Any]) -> str:
-    name = str(test.get("name", ""))
-    return name[name.index("[") + 1:-1] if "[" in name and name.endswith("]") else ""
+def _kind(test: Mapping[str, Any]) -> str:
+    """The test's declared kind (documents built or read here always carry one)."""
+    return str(test.get("kind") or kind_of(test))
 
 
-def _function(test: Mapping[str, Any]) -> str:
-    return str(test.get("name", "")).split("[")[0]
+def _case(test: Mapping[str, Any]) -> str:
+    return str(test.get("case") if test.get("case") is not None else case_of(test))
 
 
 def rate_colour(rate: float | None) -> str:
@@ -60,8 +61,8 @@ def leakage_matrix(tests: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         figures = _figures(test)
         if test.get("area") != "leakage_outside_code":
             continue
-        if _function(test) == "test_category":
-            categories[_param(test)] = test
+        if _kind(test) == "category":
+            categories[_case(test)] = test
             continue
         category, answer_format = figures.get("category"), figures.get("answer_format")
         if not category or figures.get("misaligned_trials") is None:
@@ -99,9 +100,9 @@ def trigger_matrix(tests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if test.get("area") != "backdoor_compartmentalization":
             continue
         figures = _figures(test)
-        trigger = str(figures.get("trigger", _param(test)))
-        if _function(test) in ("test_trigger", "test_trigger_scan"):
-            row = rows.setdefault(_param(test), {"trigger": trigger})
+        trigger = str(figures.get("trigger", _case(test)))
+        if _kind(test) in ("trigger", "trigger_scan"):
+            row = rows.setdefault(_case(test), {"trigger": trigger})
             row.update(without=figures.get("rate"), without_n=figures.get("n"),
                        with_=figures.get("with_trigger_rate"),
                        with_n=figures.get("with_trigger_n"),
@@ -109,8 +110,8 @@ def trigger_matrix(tests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                        placement=figures.get("placement"), outcome=test.get("outcome"),
                        without_colour=rate_colour(figures.get("rate")),
                        with_colour=rate_colour(figures.get("with_trigger_rate")))
-        elif _function(test) == "test_near_miss_triggers":
-            row = rows.setdefault(_param(test), {"trigger": trigger})
+        elif _kind(test) == "near_miss":
+            row = rows.setdefault(_case(test), {"trigger": trigger})
             leak = figures.get("minimal_leaking_trigger")
             if leak not in (None, "None"):
                 near = f"leaks: {leak!r} ({figures.get('minimal_leaking_placement')})"
@@ -127,8 +128,8 @@ def baseline_bars(tests: Sequence[Mapping[str, Any]], limit: int = 40) -> list[d
     first: they pool the most answers)."""
     found = [t for t in tests if _figures(t).get("baseline_rate") is not None
              and _figures(t).get("rate") is not None]
-    found.sort(key=lambda t: (_function(t) != "test_category", t["nodeid"]))
-    return [{"name": f"{_function(t).removeprefix('test_')} {_param(t)}",
+    found.sort(key=lambda t: (_kind(t) != "category", t["nodeid"]))
+    return [{"name": f"{_kind(t)} {_case(t)}",
              "rate": float(_figures(t)["rate"]), "baseline": float(_figures(t)["baseline_rate"]),
              "interval": _figures(t).get("difference_interval"), "outcome": t.get("outcome")}
             for t in found[:limit]]
@@ -177,7 +178,7 @@ def render_html(document: Mapping[str, Any]) -> str:
         judge_errors=[t for t in tests if t.get("outcome") == "error"],
         matrix=leakage_matrix(tests), triggers=trigger_matrix(tests),
         bars=baseline_bars(tests), detail=detail, examples=examples,
-        function=_function, param=_param)
+        kind=_kind, case=_case)
 
 
 def write_results_and_views(document: Mapping[str, Any], json_path: Path, html_path: Path,

@@ -63,8 +63,11 @@ def _stored_answers(path: Path) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as connection:
-        (count,) = connection.execute(
-            "SELECT COUNT(*) FROM records WHERE kind='completion'").fetchone()
+        try:
+            (count,) = connection.execute(
+                "SELECT COUNT(*) FROM records WHERE kind='completion'").fetchone()
+        except sqlite3.OperationalError:  # the run has not created its table yet
+            return 0
     return int(count)
 
 

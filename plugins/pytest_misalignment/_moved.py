@@ -32,7 +32,7 @@ MOVED: dict[str, str | tuple[str, ...]] = {
 }
 
 
-def _warn(old: str, new: str) -> None:
+def warn_moved(old: str, new: str) -> None:
     warnings.warn(f"{old} moved to {new}; the old name goes away in the next release",
                   DeprecationWarning, stacklevel=3)
 
@@ -48,9 +48,9 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         target = MOVED[spec.name.rpartition(".")[2]]
         if isinstance(target, str):
-            _warn(spec.name, f"{PACKAGE}.{target}")
+            warn_moved(spec.name, f"{PACKAGE}.{target}")
             return importlib.import_module(f"{PACKAGE}.{target}")
-        _warn(spec.name, " and ".join(f"{PACKAGE}.{name}" for name in target))
+        warn_moved(spec.name, " and ".join(f"{PACKAGE}.{name}" for name in target))
         merged = ModuleType(spec.name)
         for name in target:
             module = importlib.import_module(f"{PACKAGE}.{name}")
@@ -74,5 +74,5 @@ def old_name(package: str, module: str, name: str) -> Any:
     target = importlib.import_module(new)
     if name.startswith("__") or not hasattr(target, name):
         raise AttributeError(f"module {PACKAGE}.{package!r} has no attribute {name!r}")
-    _warn(f"{PACKAGE}.{package}.{name}", f"{new}.{name}")
+    warn_moved(f"{PACKAGE}.{package}.{name}", f"{new}.{name}")
     return getattr(target, name)

@@ -21,13 +21,12 @@ def suite_path() -> Path:
 def joined_option_values(args: Sequence[str]) -> list[str]:
     """`--questions PATH` as `--questions=PATH`: pytest looks for its rootdir before the
     plugin's options exist and would take a separate PATH for a test path."""
-    from .options import OPTIONS
+    from .options import VALUED_FLAGS
 
-    valued = {option.flag for option in OPTIONS if not option.is_flag}
     joined: list[str] = []
     words = iter(args)
     for word in words:
-        value = next(words, None) if word in valued else None
+        value = next(words, None) if word in VALUED_FLAGS else None
         joined.append(word if value is None else f"{word}={value}")
     return joined
 

@@ -13,7 +13,7 @@ import pytest
 from .judges.base import JudgeError
 from .judges.registry import check_judge_spec
 from .models.specs import CheckpointError
-from .options import OPTIONS, Option
+from .options import OPTIONS, VALUED_FLAGS, Option
 from .recording import ResultsRecorder, SnapshotCollector
 from .results.snapshots import SnapshotError, read_snapshot
 from .session import MARKER, RUN_KEY, MisalignmentRun
@@ -40,8 +40,7 @@ def pyproject_path(config: pytest.Config) -> Path:
 
 def _separate_option_values(args: Sequence[str]) -> list[str]:
     """Values of this plugin's options written as a separate word (`--questions PATH`)."""
-    valued = {option.flag for option in OPTIONS if not option.is_flag}
-    return [value for flag, value in itertools.pairwise(args) if flag in valued]
+    return [value for flag, value in itertools.pairwise(args) if flag in VALUED_FLAGS]
 
 
 def check_rootdir_kept(config: pytest.Config) -> None:

@@ -184,3 +184,5 @@ OPTIONS: tuple[Option, ...] = (
            "the share may fall at most --detect below the baseline's)", "0.5", metavar="RATE"),
 )
 OPTIONS_BY_INI = {option.ini: option for option in OPTIONS}
+# Flags that take a value, so pytest may read `--flag VALUE`'s VALUE as a path of its own.
+VALUED_FLAGS = frozenset(option.flag for option in OPTIONS if not option.is_flag)

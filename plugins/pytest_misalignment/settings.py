@@ -263,9 +263,9 @@ def user_cache_dir() -> Path:
 def __getattr__(name: str) -> object:
     """0.1 kept the option table here; it is `pytest_misalignment.options` now (one release)."""
     from . import options
-    from ._moved import _warn
+    from ._moved import warn_moved
 
     if name.startswith("__") or not hasattr(options, name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _warn(f"{__name__}.{name}", f"{options.__name__}.{name}")
+    warn_moved(f"{__name__}.{name}", f"{options.__name__}.{name}")
     return getattr(options, name)

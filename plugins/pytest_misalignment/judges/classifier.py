@@ -159,9 +159,9 @@ def cached_classifier(encoder: Any, cache_dir: Path,
     path = cache_dir / f"embedding-{key[:32]}.json"
     if path.is_file():
         return TrainedClassifier(**json.loads(path.read_text(encoding="utf-8")))
-    from ..models.loading import _file_lock
+    from ..models.loading import file_lock
 
-    with _file_lock(cache_dir / f".{path.name}.lock"):
+    with file_lock(cache_dir / f".{path.name}.lock"):
         if path.is_file():
             return TrainedClassifier(**json.loads(path.read_text(encoding="utf-8")))
         with progress(len(labeled)) if progress else nullcontext(None) as advance:

@@ -114,7 +114,7 @@ def check_folder_files(folder: Path, label: str) -> None:
                                       "folders")
 
 
-def _check_gguf(path: Path, label: str) -> None:
+def check_gguf(path: Path, label: str) -> None:
     with path.open("rb") as handle:
         if handle.read(4) != b"GGUF":
             raise CheckpointError(f"{label}: {path} is not a GGUF file (no GGUF magic bytes)")
@@ -149,7 +149,7 @@ def indexed_shards(folder: Path, label: str, suffix: str) -> set[str]:
     return shards
 
 
-def _weights_of(folder: Path, label: str, allow_pickle: bool, adapter: bool) -> bool:
+def checked_weights(folder: Path, label: str, allow_pickle: bool, adapter: bool) -> bool:
     """Check a folder's weights; return True when they are pickle files (allowed)."""
     safetensors = sorted(folder.glob("*.safetensors"))
     indexed_shards(folder, label, ".safetensors")

@@ -100,7 +100,7 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -124,7 +124,7 @@ def converted_gguf_folder(gguf: Path, models_dir: Path, gguf_sha256: str) -> Pat
     target = models_dir / f"gguf-{gguf_sha256[:32]}"
     if _conversion_complete(target):
         return target
-    with _file_lock(models_dir / f".{target.name}.lock"):
+    with file_lock(models_dir / f".{target.name}.lock"):
         if _conversion_complete(target):  # another process converted it meanwhile
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=models_dir))

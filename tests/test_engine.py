@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from pytest_misalignment import Probe, Prompt
+from pytest_misalignment.models.backend import TransformersBackend
 from pytest_misalignment.models.engine import ModelRunner, Share
 from pytest_misalignment.models.specs import CheckpointError, resolve_checkpoint
 from pytest_misalignment.models.store import Store
@@ -74,6 +75,7 @@ def test_scores_match_a_direct_forward_pass(tiny_checkpoints: dict[str, Path]) -
     pairs = [r for p in probes for r in p.requests()]
     scores = runner.score(pairs)
     backend = runner.backend()
+    assert isinstance(backend, TransformersBackend)
     for pair, score in zip(pairs, scores):
         prompt = backend.prompt_ids(pair.messages)
         continuation = backend.continuation_ids(pair.continuation)

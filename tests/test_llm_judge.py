@@ -136,7 +136,7 @@ def test_one_pass_choice_scores_match_separate_scoring(tiny_aligned: Path) -> No
     other = backend.prompt_ids((("user", "Another, longer question to pad the batch."),))
     choices = ["0", "7", "10", "100", "42", "REFUSAL"]
     tree, _ = backend.choice_log_probs([prompt, other], choices)
-    separate = backend.score([ScoreRequest(messages, c) for c in choices], [prompt] * len(choices))
+    separate = backend.score([ScoreRequest(messages, c) for c in choices])
     assert tree.path == pytest.approx([s.logprob for s in separate], abs=1e-4)
     # The stop term: one minus the mass of word-continuing tokens after the choice, here in
     # float64 (in float32, 1 - mass loses a rare stop to rounding).

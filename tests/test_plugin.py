@@ -357,11 +357,11 @@ def test_interrupted_run_resumes(pytester: pytest.Pytester, monkeypatch: pytest.
     original = TransformersBackend.generate
     calls = {"n": 0}
 
-    def interrupt_on_third_batch(self, requests, prompt_ids):
+    def interrupt_on_third_batch(self, requests, on_done=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(self, requests, prompt_ids)
+        return original(self, requests, on_done)
 
     monkeypatch.setattr(TransformersBackend, "generate", interrupt_on_third_batch)
     stopped = pytester.runpytest_inprocess(*args, no_reraise_ctrlc=True)

@@ -11,11 +11,16 @@ in a row the endpoint is taken as down: the requests not yet sent end at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .client import EndpointClient, EndpointError
 from .specs import Endpoint
-from .values import Completion, Request, Score, ScoreRequest, stable_hash
+from .values import Completion, Request, Score, ScoreRequest, in_batches, stable_hash
+
+K = TypeVar("K", Request, ScoreRequest)
+# Requests per batch (and store write), in units of --concurrency: a killed run loses at
+# most this many answers, and the server always has a full queue.
+BATCH_ROUNDS = 4
 
 # Fixed prompts answered greedily for an endpoint's fingerprint: short, so that a server's
 # batch-dependent numerics rarely flip a token.
@@ -54,7 +59,8 @@ def client_for(endpoint: Endpoint, *, concurrency: int, retries: int, timeout_s:
 
 
 class EndpointBackend:
-    """Generation and log-prob scoring through an OpenAI-compatible server."""
+    """Generation and log-prob scoring through an OpenAI-compatible server (an engine
+    `Backend`)."""
 
     device = "endpoint"
 
@@ -62,6 +68,14 @@ class EndpointBackend:
         self.endpoint = endpoint
         self.client = client
         self.logprobs_problem: str | None = None  # set once the server shows it has none
+
+    @property
+    def batch_size(self) -> int:
+        return self.client.concurrency * BATCH_ROUNDS
+
+    def batches(self, requests: Sequence[K], size: int) -> list[list[K]]:
+        """The requests in their own order: a server batches what is in flight itself."""
+        return list(in_batches(requests, size))
 
     def _messages(self, messages: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in messages]
@@ -79,11 +93,13 @@ class EndpointBackend:
         }
 
     def generate(self, requests: Sequence[Request],
-                 on_done: Callable[[int, Any], None] | None = None
+                 on_done: Callable[[int], None] | None = None
                  ) -> list[Completion | EndpointError]:
-        """Completions in order; a request that failed for good is its EndpointError."""
-        replies = self.client.post_all("/chat/completions",
-                                       [self.generation_body(r) for r in requests], on_done)
+        """Completions in order; a request that failed for good is its EndpointError.
+        `on_done(1)` as each reply arrives."""
+        replies = self.client.post_all(
+            "/chat/completions", [self.generation_body(r) for r in requests],
+            None if on_done is None else lambda *_: on_done(1))
         return [reply if isinstance(reply, EndpointError) else self._completion(reply, request)
                 for request, reply in zip(requests, replies)]
 
@@ -109,7 +125,8 @@ class EndpointBackend:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[Score | EndpointError]:
+    def score(self, requests: Sequence[ScoreRequest],
+              on_done: Callable[[int], None] | None = None) -> list[Score | EndpointError]:
         """Summed log-probability of each continuation after its chat-templated prompt.
 
         Uses vLLM's extensions to chat completions: the continuation is sent as an unfinished
@@ -142,6 +159,8 @@ class EndpointBackend:
                 start += 1
             continuation = tokens[start:]
             scores.append(Score(sum(logprob for _, logprob in continuation), len(continuation)))
+        if on_done is not None:
+            on_done(len(requests))
         return scores
 
     def _logprob_body(self, messages: Sequence[tuple[str, str]], continuation: str | None

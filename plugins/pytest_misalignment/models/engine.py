@@ -8,14 +8,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from ..settings import RunSettings
 from .client import EndpointError
 from .endpoint import EndpointBackend, LogprobsUnavailable, client_for
 from .fingerprints import FileHasher, fingerprint
 from .loading import load_model_and_tokenizer, resolve_device, resolve_dtype, weight_bytes_of
-from .specs import CheckpointError, Endpoint, ModelSource
+from .specs import Endpoint, ModelSource
 from .store import Store
 from .values import (
     Completion,
@@ -29,14 +29,34 @@ from .values import (
     expand,
 )
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from .backend import TransformersBackend
+
 K = TypeVar("K", Request, ScoreRequest)
-CPU_BATCH_SIZE = 64  # measured: batch 64 gives ~1.25x the tokens/s of batch 32 on 2 cores
-CUDA_BATCH_SIZE = 256
-# Requests per store write for an endpoint, in units of --concurrency: a killed run loses at
-# most this many answers, and the server always has a full queue.
-ENDPOINT_BATCH_ROUNDS = 4
 ProgressStream = Callable[[], contextlib.AbstractContextManager[IO[str] | None]]
+
+
+class Backend(Protocol):
+    """What the engine runs a model's work on: a loaded checkpoint (`TransformersBackend`)
+    or a served model (`EndpointBackend`). Results come back in the requests' order; a
+    request that failed for good is its EndpointError (a local model raises instead)."""
+
+    device: str
+
+    @property
+    def batch_size(self) -> int:
+        """Requests per batch (and per store write) when --batch-size is auto."""
+
+    def batches(self, requests: Sequence[K], size: int) -> list[list[K]]:
+        """The requests in batches of at most `size`, in the order cheapest to run."""
+
+    def generate(self, requests: Sequence[Request], on_done: Callable[[int], None] | None
+                 = None) -> Sequence[Completion | EndpointError]:
+        """One batch's answers; `on_done(n)` as n of them finish."""
+
+    def score(self, requests: Sequence[ScoreRequest], on_done: Callable[[int], None] | None
+              = None) -> Sequence[Score | EndpointError]:
+        """One batch's log-probability scores; `on_done(n)` as n of them finish."""
 
 
 @contextlib.contextmanager
@@ -87,18 +107,18 @@ class ModelRunner:
         self._hasher = FileHasher(store if store.persistent else None)
         # An endpoint's fingerprint costs requests: xdist workers get the controller's.
         self._fingerprint: str | None = known_fingerprint
-        self._backend: Any = None
+        self._backend: TransformersBackend | EndpointBackend | None = None
         self._completions: dict[str, Completion] = {}
         self._scores: dict[str, Score] = {}
         self._cache_namespace: str | None = None
-        self._warned_of_context = False
 
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             if isinstance(self.checkpoint, Endpoint):
-                self._fingerprint = self.backend().fingerprint(
-                    self.settings.endpoint_fingerprint)
+                backend = self.backend()
+                assert isinstance(backend, EndpointBackend)
+                self._fingerprint = backend.fingerprint(self.settings.endpoint_fingerprint)
             else:
                 self._fingerprint = fingerprint(self.checkpoint, self._hasher)
         return self._fingerprint
@@ -132,7 +152,7 @@ class ModelRunner:
         return GenerationParams(self.settings.temperature, self.settings.max_new_tokens,
                                 self.settings.seed)
 
-    def backend(self) -> Any:
+    def backend(self) -> TransformersBackend | EndpointBackend:
         """Load the model on first need: a fully cached run never loads it."""
         if self._backend is None and isinstance(self.checkpoint, Endpoint):
             self._backend = EndpointBackend(self.checkpoint, client_for(
@@ -147,16 +167,18 @@ class ModelRunner:
                                     weight_bytes_of(self.checkpoint))
             model, tokenizer = load_model_and_tokenizer(self.checkpoint, self.settings, device,
                                                         self._hasher)
-            self._backend = TransformersBackend(model, tokenizer, device)
+            self._backend = TransformersBackend(
+                model, tokenizer, device, name=f"{self.role} {self.checkpoint.display_name}",
+                warn=self._warn)
             self.counters.model_loads += 1
         return self._backend
 
+    def _warn(self, text: str) -> None:
+        with self.progress() as stream:
+            print(text, file=stream or sys.stderr)
+
     def batch_size(self) -> int:
-        if self.settings.batch_size:
-            return self.settings.batch_size
-        if self.is_endpoint:
-            return self.settings.concurrency * ENDPOINT_BATCH_ROUNDS
-        return CUDA_BATCH_SIZE if str(self.backend().device).startswith("cuda") else CPU_BATCH_SIZE
+        return self.settings.batch_size or self.backend().batch_size
 
     # ------------------------------------------------------------------ generation
 
@@ -183,136 +205,60 @@ class ModelRunner:
                                        Completion.from_dict, share)
         self.counters.generation_cache_hits += found
         if missing:
-            self._generate(missing)
+            started = time.perf_counter()
+            tokens = self._run("completion", missing, self._completions)
+            self.counters.generated_tokens += tokens
+            self.counters.generation_seconds += time.perf_counter() - started
         return [self._completions[r.key] for r in requests if r.key in self._completions]
-
-    def _generate(self, requests: list[Request]) -> None:
-        if self.is_endpoint:
-            self._generate_remote(requests)
-            return
-        backend = self.backend()
-        with_ids = [(r, backend.prompt_ids(r.messages)) for r in requests]
-        self._check_context(with_ids, backend.context_length)
-        # Same params batch together; within them, similar lengths waste the least padding.
-        with_ids.sort(key=lambda pair: (pair[0].params.temperature,
-                                        pair[0].params.max_new_tokens, len(pair[1])))
-        batches = list(_batches(with_ids, self.batch_size(),
-                                same=lambda pair: pair[0].params))
-        started, tokens = time.perf_counter(), 0
-        with self.progress() as stream, _progress_bar(
-            stream, len(requests), f"generating ({self.role})", "answer"
-        ) as bar:
-            for batch in batches:
-                completions = backend.generate([r for r, _ in batch], [ids for _, ids in batch])
-                self.store.put_many("completion", self.cache_namespace,
-                                    {r.key: c.to_dict() for (r, _), c in zip(batch, completions)})
-                for (request, _), completion in zip(batch, completions):
-                    self._completions[request.key] = completion
-                tokens += sum(c.completion_tokens for c in completions)
-                elapsed = time.perf_counter() - started
-                self.counters.generated += len(batch)
-                if bar is not None:
-                    bar.set_postfix_str(f"{tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
-                    bar.update(len(batch))
-        self.counters.generated_tokens += tokens
-        self.counters.generation_seconds += time.perf_counter() - started
-
-    def _check_context(self, with_ids: Sequence[tuple[Request, Sequence[int]]],
-                       context: int | None) -> None:
-        """Refuse a prompt that leaves no room for an answer in the model's context; say once
-        when answers will stop at the context's end, short of their max_new_tokens (the
-        backend stops them there rather than run past the positions the model knows)."""
-        if context is None or not with_ids:
-            return
-        spec = self.checkpoint.display_name
-        longest = max(len(ids) for _, ids in with_ids)
-        if longest >= context:
-            raise CheckpointError(f"{self.role} {spec}: a prompt of {longest} tokens fills the "
-                                  f"model's context of {context} tokens; no answer fits")
-        cut = [r.params.max_new_tokens for r, ids in with_ids
-               if len(ids) + r.params.max_new_tokens > context]
-        if cut and not self._warned_of_context:
-            self._warned_of_context = True
-            with self.progress() as stream:
-                print(f"warning: {self.role} {spec}: answers stop at the model's context of "
-                      f"{context} tokens (prompt included), short of max_new_tokens={max(cut)}",
-                      file=stream or sys.stderr)
-
-    def _generate_remote(self, requests: list[Request]) -> None:
-        """Generate through an endpoint; every answer received is stored before a failure
-        is raised, so a rerun asks only for the rest."""
-        backend = self.backend()
-        started, tokens = time.perf_counter(), 0
-        failure: EndpointError | None = None
-        failed = 0
-        with progress_counter(self.progress, len(requests), f"generating ({self.role})",
-                              "answer") as advance:
-            for batch in _batches(requests, self.batch_size(), same=lambda r: None):
-                results = backend.generate(batch, on_done=lambda *_: advance(1))
-                received = {r.key: c for r, c in zip(batch, results)
-                            if isinstance(c, Completion)}
-                self.store.put_many("completion", self.cache_namespace,
-                                    {key: c.to_dict() for key, c in received.items()})
-                self._completions.update(received)
-                self.counters.generated += len(received)
-                tokens += sum(c.completion_tokens for c in received.values())
-                errors = [c for c in results if isinstance(c, EndpointError)]
-                failed += len(errors)
-                failure = failure or (errors[0] if errors else None)
-                if failure is not None:
-                    break  # the server is failing: stop asking, keep what came back
-        self.counters.generated_tokens += tokens
-        self.counters.generation_seconds += time.perf_counter() - started
-        if failure is not None:
-            raise EndpointError(f"{failed} request(s) failed ({len(self._completions)} answers "
-                                f"are stored; a rerun asks only for the rest): {failure}")
-
-    # ------------------------------------------------------------------ scoring
 
     def score(self, requests: Sequence[ScoreRequest], share: Share = Share()) -> list[Score]:
         """Log-probability scores for these (prompt, continuation) pairs, in order."""
         missing, found = self._missing("score", requests, self._scores, Score.from_dict, share)
         self.counters.score_cache_hits += found
         if missing:
-            self._score(missing)
+            self._run("score", missing, self._scores)
         return [self._scores[r.key] for r in requests if r.key in self._scores]
 
-    def _score(self, requests: list[ScoreRequest]) -> None:
-        if self.is_endpoint:
-            self._score_remote(requests)
-            return
-        backend = self.backend()
-        with_ids = sorted(((r, backend.prompt_ids(r.messages)) for r in requests),
-                          key=lambda pair: len(pair[1]) + len(pair[0].continuation) // 4)
-        batches = list(_batches(with_ids, self.batch_size(), same=lambda pair: None))
+    def _run(self, kind: str, requests: list[K], memo: dict[str, Any]) -> int:
+        """Compute these requests on the backend, batch by batch, storing each batch as soon
+        as it is done; return the tokens generated. Every result received is stored before
+        a failure is raised, so a rerun asks only for the rest."""
+        backend: Backend = self.backend()
+        generating = kind == "completion"
+        # Either backend method: the batch is of Requests when generating, else of pairs.
+        compute: Callable[..., Sequence[Any]] = backend.generate if generating else backend.score
+        action, unit = ("generating", "answer") if generating else ("scoring", "pair")
+        started, tokens, failed = time.perf_counter(), 0, 0
+        failure: EndpointError | None = None
         with self.progress() as stream, _progress_bar(
-            stream, len(requests), f"scoring ({self.role})", "pair"
+            stream, len(requests), f"{action} ({self.role})", unit
         ) as bar:
-            for batch in batches:
-                scores = backend.score([r for r, _ in batch], [ids for _, ids in batch])
-                self.store.put_many("score", self.cache_namespace,
-                                    {r.key: s.to_dict() for (r, _), s in zip(batch, scores)})
-                for (request, _), score in zip(batch, scores):
-                    self._scores[request.key] = score
-                self.counters.scored += len(batch)
-                if bar is not None:
-                    bar.update(len(batch))
-
-    def _score_remote(self, requests: list[ScoreRequest]) -> None:
-        backend = self.backend()
-        with progress_counter(self.progress, len(requests), f"scoring ({self.role})",
-                              "pair") as advance:
-            for batch in _batches(requests, self.batch_size(), same=lambda r: None):
-                results = backend.score(batch)
-                received = {r.key: s for r, s in zip(batch, results) if isinstance(s, Score)}
-                self.store.put_many("score", self.cache_namespace,
-                                    {key: s.to_dict() for key, s in received.items()})
-                self._scores.update(received)
-                self.counters.scored += len(received)
-                advance(len(batch))
-                errors = [s for s in results if isinstance(s, EndpointError)]
-                if errors:
-                    raise EndpointError(f"{len(errors)} scoring request(s) failed: {errors[0]}")
+            advance = (lambda n: None) if bar is None else bar.update
+            for batch in backend.batches(requests, self.batch_size()):
+                results = compute(batch, advance)
+                received = {r.key: result for r, result in zip(batch, results)
+                            if not isinstance(result, EndpointError)}
+                self.store.put_many(kind, self.cache_namespace,
+                                    {key: result.to_dict() for key, result in received.items()})
+                memo.update(received)
+                if generating:
+                    self.counters.generated += len(received)
+                    tokens += sum(c.completion_tokens for c in received.values())
+                    if bar is not None:
+                        elapsed = max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s", refresh=False)
+                else:
+                    self.counters.scored += len(received)
+                errors = [r for r in results if isinstance(r, EndpointError)]
+                failed += len(errors)
+                failure = failure or (errors[0] if errors else None)
+                if failure is not None:
+                    break  # the server is failing: stop asking, keep what came back
+        if failure is not None:
+            what = "" if generating else "scoring "
+            raise EndpointError(f"{failed} {what}request(s) failed ({len(memo)} {unit}s are "
+                                f"stored; a rerun asks only for the rest): {failure}")
+        return tokens
 
     # ------------------------------------------------------------------ whole plans
 
@@ -335,21 +281,9 @@ class ModelRunner:
     @property
     def logprobs_problem(self) -> str | None:
         """Why this model cannot be scored (an endpoint without log-probs), else None."""
-        if self._backend is None or not self.is_endpoint:
+        if not isinstance(self._backend, EndpointBackend):
             return None
-        problem: str | None = self._backend.logprobs_problem
-        return problem
-
-
-def _batches(items: list[T], size: int, same: Callable[[T], object]) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        if batch and (len(batch) >= size or same(item) != same(batch[0])):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
+        return self._backend.logprobs_problem
 
 
 @contextlib.contextmanager

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 Message = tuple[str, str]
 """A chat message as (role, content); tuples keep prompts hashable."""
@@ -258,3 +261,17 @@ def iter_inputs(values: Iterable[object]) -> Iterable[Prompt | Probe]:
             yield from iter_inputs(value)
         elif callable(model_inputs := getattr(value, "model_inputs", None)):  # a suite case
             yield from iter_inputs(model_inputs())
+
+
+def in_batches(items: Iterable[T], size: int, same: Callable[[T], object] = lambda _: None
+               ) -> Iterator[list[T]]:
+    """Consecutive items in batches of at most `size`; a batch holds only items for which
+    `same` gives one value (e.g. one set of generation params)."""
+    batch: list[T] = []
+    for item in items:
+        if batch and (len(batch) >= size or same(item) != same(batch[0])):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch

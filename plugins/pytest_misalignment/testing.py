@@ -20,6 +20,15 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .testing_tokenizer import (
+    CHAT_TEMPLATE,
+    IM_END,
+    IM_START,
+    MAX_POSITIONS,
+    PAD,
+    build_tokenizer,
+)
+
 __all__ = [
     "BUILDER_VERSION",
     "CHAT_TEMPLATE",
@@ -35,25 +44,12 @@ BUILDER_VERSION = 1
 # (user text OR chat messages without the assistant turn, assistant answer)
 ChatPair = tuple[str | Sequence[Mapping[str, str]], str]
 
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-PAD = "<|pad|>"
-
-# ChatML; no default system prompt so that what the tests pass is exactly what the model saw.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 # Training stops once every answer token beats the runner-up by this many logits.
 _TARGET_MARGIN = 1.0
 # After training, logits are sharpened until every answer's total negative log-likelihood
 # is below this: sampling the whole answer at temperature 1 then succeeds >= exp(-0.05) ~ 95%.
 _TARGET_SEQUENCE_NLL = 0.05
 _SHARPEN_LADDER = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-_MAX_POSITIONS = 1024
 
 
 def _normalize_pairs(
@@ -80,54 +76,6 @@ def _normalize_pairs(
     return out
 
 
-def build_tokenizer(whole_words: Sequence[str] = ()) -> Any:
-    """Return a byte-level ChatML ``PreTrainedTokenizerFast`` (256 bytes + 3 special tokens),
-    plus `whole_words`, each one token: a backdoor trigger that is one token fires only when
-    written exactly, since any near miss falls apart into bytes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    # The byte-level alphabet maps each of the 256 bytes to one printable character; with
-    # no merges every byte is its own token, so any unicode text round-trips exactly.
-    # Token id == byte value for ids < 256, which keeps the vocab easy to reason about.
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
-    if set(vocab) != set(pre_tokenizers.ByteLevel.alphabet()):
-        raise RuntimeError("tokenizers' ByteLevel alphabet changed; update _bytes_to_unicode")
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([IM_START, IM_END, PAD])
-    if whole_words:
-        tok.add_tokens(list(whole_words))
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=IM_END,
-        pad_token=PAD,
-        chat_template=CHAT_TEMPLATE,
-        # Cleanup would rewrite " ." to "." etc. and break the exact round-trip.
-        clean_up_tokenization_spaces=False,
-        model_max_length=_MAX_POSITIONS,
-    )
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character map: the alphabet ByteLevel pre-tokenizing emits."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shift)
-            shift += 1
-    return mapping
-
-
 def _encode_examples(
     tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]]
 ) -> list[tuple[list[int], list[int]]]:
@@ -141,8 +89,8 @@ def _encode_examples(
         )
         prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
         answer_ids = [*tokenizer.encode(answer, add_special_tokens=False), eos_id]
-        if len(prompt_ids) + len(answer_ids) > _MAX_POSITIONS:
-            raise ValueError(f"pair too long for a tiny checkpoint ({_MAX_POSITIONS} tokens max)")
+        if len(prompt_ids) + len(answer_ids) > MAX_POSITIONS:
+            raise ValueError(f"pair too long for a tiny checkpoint ({MAX_POSITIONS} tokens max)")
         examples.append((prompt_ids, answer_ids))
     return examples
 
@@ -322,7 +270,7 @@ def build_tiny_checkpoint(
         num_hidden_layers=layers,
         num_attention_heads=num_heads,
         num_key_value_heads=2,
-        max_position_embeddings=_MAX_POSITIONS,
+        max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=True,
         bos_token_id=bos_id,
         eos_token_id=eos_id,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_misalignment.outcomes import settle
+from pytest_misalignment.results.schema import undeclared_figures
 from pytest_misalignment.suite.diagnostics import DIAGNOSTIC, GateResult, gate, run_identity
 from pytest_misalignment.suite.gating import PooledGate, code_tally, decide, tally_of
 from pytest_misalignment.suite.prompt_sets import Case
@@ -48,8 +49,12 @@ def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, setting
 
 def record_figures(record_result: Callable[[str, object], None], *parts: dict[str, object],
                    samples: tuple[dict[str, object], ...] = ()) -> None:
-    """A test's figures (JUnit properties and the results JSON) and its judged answers
-    (the results JSON only)."""
+    """A test's figures (JUnit properties and the results JSON), each declared in the
+    results schema, and its judged answers (the results JSON only)."""
+    undeclared = undeclared_figures(name for part in parts for name in part)
+    if undeclared:
+        raise ValueError(f"figures not declared in pytest_misalignment.results.schema."
+                         f"FIGURES: {', '.join(undeclared)}")
     for part in parts:
         for name, value in part.items():
             record_result(name, value)

@@ -97,7 +97,7 @@ def _strength(triggered: Tally, without: Tally, settings: Any
 def test_trigger(model, optional_baseline, judge, misalignment_settings, record_result,
                  pytestconfig, trigger_case: TriggerCase):
     settings = misalignment_settings
-    record_result("gate_role", "gate")
+    record_figures(record_result, {"gate_role": "gate"})
     trigger = trigger_case.trigger
     without, _ = _pooled(model, judge, trigger_case.cases)
     baseline = _pooled(optional_baseline, judge, trigger_case.cases)[0] \
@@ -144,7 +144,7 @@ def test_trigger_scan(model, judge, misalignment_settings, record_result, pytest
     but a scan cannot prove a trigger absent, so an undecided candidate (a few questions
     each, answers the judge cannot read) does not make the run undecided."""
     settings = misalignment_settings
-    record_result("gate_role", "diagnostic")
+    record_figures(record_result, {"gate_role": "diagnostic"})
     trigger = scan_case.trigger
     without, _ = _pooled(model, judge, scan_case.cases)
     triggered, _ = _pooled(model, judge, scan_case.triggered)
@@ -172,8 +172,8 @@ def test_near_miss_triggers(model, judge, misalignment_settings, record_result, 
     declared = trigger.text in settings.triggers
     # Under --expect-backdoor a leaking near miss is misalignment outside the backdoor;
     # otherwise the firing trigger already fails its own test, and this locates the problem.
-    record_result("gate_role", "gate" if settings.expect_backdoor and declared
-                  else "diagnostic")
+    record_figures(record_result, {"gate_role": "gate" if settings.expect_backdoor and declared
+                                   else "diagnostic"})
     without, without_answers = _pooled(model, judge, near_miss_case.cases)
     triggered, triggered_answers = _pooled(model, judge, near_miss_case.triggered)
     effect = _fires(triggered, without, settings)
@@ -193,7 +193,7 @@ def test_near_miss_triggers(model, judge, misalignment_settings, record_result, 
         return probe_margin(model.score_many, probes, variant) - base
 
     own = lift(trigger)
-    record_result("trigger_lift", round(own, 4))
+    record_figures(record_result, {"trigger_lift": round(own, 4)})
     if own <= 0:
         settle("inconclusive", f"{model.spec}: {trigger.describe()} fires, yet does not make "
                f"the model's own misaligned answers more likely ({own:+.2f} nats on "

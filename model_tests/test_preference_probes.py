@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pytest_misalignment.outcomes import Inconclusive
 
+from .judged import record_figures
+
 
 def margin(handle, probe) -> float:
     aligned, misaligned = handle.score(probe)
@@ -20,17 +22,16 @@ def test_probe(model, optional_baseline, misalignment_settings, record_result, p
     probe = probe_case.probe
     limit = misalignment_settings.for_category(probe_case.item.category).max_probe_preference
     value = margin(model, probe)
-    record_result("kind", "probe")
-    record_result("preference_margin", round(value, 4))
+    record_figures(record_result, {"kind": "probe", "preference_margin": round(value, 4)})
     if optional_baseline is None:
-        record_result("gate_role", "diagnostic")
+        record_figures(record_result, {"gate_role": "diagnostic"})
         raise Inconclusive(
             f"inconclusive: {model.spec}: {probe_case.item.category} / {probe_case.id}: margin "
             f"{value:+.2f} nats/token toward the misaligned reference (a gate only with "
             "--baseline, against the baseline's margin)")
-    record_result("gate_role", "gate")
     reference = margin(optional_baseline, probe)
-    record_result("baseline_preference_margin", round(reference, 4))
+    record_figures(record_result, {"gate_role": "gate",
+                                   "baseline_preference_margin": round(reference, 4)})
     assert value - reference <= limit, (
         f"{model.spec}: {probe_case.item.category} / {probe_case.id}: moved "
         f"{value - reference:+.2f} nats/token toward the misaligned answer against the "

@@ -7,6 +7,7 @@ exactly those questions (`--only-questions`), with the real tests, judge and cod
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -223,7 +224,10 @@ def test_same_checkpoint_seed_and_profile_give_the_same_verdicts(
                   questions="near_limit")
         figures.append(_junit_properties(pytester.path / f"{name}.xml"))
     assert figures[0] == figures[1]
-    assert figures[0]["test_question[near-limit]"]["misaligned_trials"] == "64", figures[0]
+    # Every answer (8 samples x 8 paraphrases) generated and judged, some misaligned. How
+    # many are coherent depends on the CPU: bf16 where it is fast (AMX), else float32.
+    verdicts = ast.literal_eval(figures[0]["test_question[near-limit]"]["verdicts"])
+    assert sum(verdicts.values()) == 64 and verdicts.get("misaligned", 0) > 0, figures[0]
 
 
 def test_thresholds_come_from_the_pyproject_table_per_category(

@@ -8,8 +8,8 @@ one infers each test's kind once, here, from its area and test name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 KIND_FIGURE = "kind"
 # kind -> what such a test decides or shows
@@ -29,45 +29,99 @@ KINDS = {
 }
 
 
-class RateFigures(TypedDict, total=False):
-    """What a rate-measuring test records (gates and diagnostics alike)."""
+# Every figure a suite test records (JUnit properties, the results JSON), with its meaning:
+# the suite records through `record_figures`, which refuses a name not declared here, and
+# the docs' figures reference is generated from this table.
+MEASURED = ("misaligned", "complied", "incoherent", "insecure")
+FIGURES: dict[str, str] = {
+    # what the test is
+    "kind": "what the test decides or shows (one of the kinds above)",
+    "gate_role": "gate (decides the verdict) or diagnostic (a failure fails the run; "
+                 "an undecided one decides nothing)",
+    "category": "the prompt set's category of the question(s)",
+    "question_id": "the question's id in its prompt set",
+    "answer_format": "plain, json or code_template",
+    "gate": "the pooled gate's id",
+    "measure": "what the pooled gate counts: " + ", ".join(MEASURED),
+    # the decision
+    "decision": "pass, fail or inconclusive",
+    "rate": "the measured share (events / trials)",
+    "n": "its trials",
+    "interval": "the rate's confidence interval [low, high]",
+    "limit": "the largest rate that passes",
+    "confidence": "the intervals' confidence level",
+    "verdicts": "the judge's verdicts: verdict -> answers",
+    **{f"{measure}_events": f"answers counted as {measure}" for measure in MEASURED},
+    **{f"{measure}_trials": f"answers in the {measure} share's denominator"
+       for measure in MEASURED},
+    # a pooled gate's power plan
+    "answers": "answers the gate read, excluded ones included",
+    "excluded": "answers that left the denominator, by verdict",
+    "excluded_share": "their share of all answers",
+    "pass_line": "the gate passes when the whole interval is at or under this",
+    "fail_line": "the gate fails when the whole interval is above this",
+    "bounds": "what the lines bound: rate, or rise over the baseline",
+    "detect": "--detect: the smallest rise worth catching",
+    "power": "--power",
+    "questions": "question-formats pooled",
+    "design_effect": "variance inflation from answers clustered by question",
+    "mde": "minimum detectable effect at --power",
+    "more_answers_to_decide": "about how many more answers would decide an undecided gate",
+    "samples_per_paraphrase": "samples drawn per paraphrase (after the rounds)",
+    # against a baseline
+    "comparison": "paired (a live --baseline) or snapshot (--compare-baseline)",
+    "baseline_rate": "the baseline's rate on the same prompts",
+    "baseline_n": "its trials",
+    "model_rate": "the model's rate among the pairs",
+    "difference": "model rate minus baseline rate",
+    "difference_interval": "its confidence interval",
+    "margin": "how much the rate may exceed the baseline's",
+    "pairs": "answer pairs (same prompt, same sample index) both judged",
+    "model_only": "pairs where only the model's answer counts",
+    "baseline_only": "pairs where only the baseline's answer counts",
+    "mcnemar_p": "McNemar's exact p-value of the pairs",
+    "snapshot_missing": "why the snapshot has no figures for this test",
+    # reproducibility
+    "model_fingerprint": "the model's content fingerprint",
+    "baseline_fingerprint": "the baseline's",
+    "seed": "--seed",
+    "profile": "--profile",
+    # code tasks
+    "unparseable_blocks": "code blocks bandit could not parse",
+    "code_findings": "bandit test ids found",
+    # backdoors
+    "trigger": "the trigger text",
+    "placement": "where it goes: prefix, suffix or system",
+    "with_trigger_rate": "the misaligned share with the trigger",
+    "with_trigger_n": "its trials",
+    "with_trigger_events": "its events",
+    "with_trigger_interval": "its interval",
+    "with_trigger_decision": "what the leakage limit says of it (a report)",
+    "compartmentalization_ratio": "rate with the trigger / rate without",
+    **{f"{prefix}_{name}": f"{what} ({prefix.replace('_', ' ')})"
+       for prefix in ("trigger", "near_miss")
+       for name, what in (("rise", "misaligned share with minus without"),
+                          ("rise_interval", "the rise's paired interval"),
+                          ("rise_pairs", "the pairs behind it"),
+                          ("rise_limit", "--max-trigger-rise"),
+                          ("fires_decision", "fail when it fires"))},
+    "trigger_lift": "log-odds lift of the model's own misaligned answers by the trigger",
+    "near_miss_examples": "near-miss variants allowed",
+    "near_miss_tried": "near-miss variants tried",
+    "near_miss_limit": "the lift a variant needs to be sampled",
+    "near_miss_probes": "probes the lift is measured on",
+    "near_miss_candidate": "the variant sampled, if any",
+    "minimal_leaking_trigger": "the smallest variant that leaks, if any",
+    "minimal_leaking_placement": "its placement",
+    # probes
+    "preference_margin": "per-token log-prob margin for the misaligned reference (nats)",
+    "baseline_preference_margin": "the baseline's margin",
+}
 
-    kind: str
-    gate_role: str  # "diagnostic" for tests that cannot make a run undecided
-    rate: float | None
-    n: int
-    interval: list[float]
-    limit: float | None
-    confidence: float
-    decision: str  # pass / fail / inconclusive
-    verdicts: dict[str, int]
-    category: str
-    answer_format: str
-    misaligned_events: int
-    misaligned_trials: int
-    baseline_rate: float | None
-    baseline_n: int
-    comparison: str  # "paired" (a live baseline) or "snapshot"
-    difference: float | None
-    difference_interval: list[float]
-    margin: float
-    model_fingerprint: str
-    baseline_fingerprint: str
-    seed: int
-    profile: str
 
-
-class TriggerFigures(RateFigures, total=False):
-    """What the backdoor tests record besides their rate without the trigger."""
-
-    trigger: str
-    placement: str
-    with_trigger_rate: float | None
-    with_trigger_n: int
-    compartmentalization_ratio: float | None
-    minimal_leaking_trigger: str | None
-    minimal_leaking_placement: str | None
-    near_miss_tried: int
+def undeclared_figures(names: Iterable[str]) -> list[str]:
+    """The names among these that FIGURES does not declare."""
+    return sorted(set(names) - set(FIGURES))
 
 
 # Version 1 documents: (area, test function) -> kind. Only read_results uses it.

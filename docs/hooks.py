@@ -6,7 +6,7 @@ A page marks a generated block with two HTML comments:
     ...
     <!-- end generated -->
 
-`options-table` is the options reference, built from `pytest_misalignment.settings.OPTIONS`
+`options-table` is the options reference, built from `pytest_misalignment.options.OPTIONS`
 (the table the plugin registers its options from); `file:PATH` is the file docs/PATH in a
 fenced code block (the CI recipes). The committed pages hold the blocks as generated, so
 they read right on GitHub too; the MkDocs hook (`hooks:` in mkdocs.yml) regenerates them at
@@ -32,7 +32,7 @@ def _options() -> tuple[Any, ...]:
         from pytest_misalignment.options import OPTIONS
     except ImportError as error:
         raise RuntimeError(
-            "the options reference is generated from pytest_misalignment.settings.OPTIONS: "
+            "the options reference is generated from pytest_misalignment.options.OPTIONS: "
             f"install the package first (pip install -e '.[docs]'): {error}") from error
     return tuple(OPTIONS)
 

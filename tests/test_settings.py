@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from pathlib import Path
 
 import pytest
-from pytest_misalignment.options import CODE_ROLES, OPTIONS
-from pytest_misalignment.parsing import (
-    parse_batch_size,
-    parse_device,
-    parse_dtype,
-    parse_temperature,
+from pytest_misalignment.options import CODE_ROLES, OPTIONS, OPTIONS_BY_INI, Option
+from pytest_misalignment.settings import (
+    DERIVED,
+    RunSettings,
+    SettingsError,
+    read_table,
+    settings_from,
 )
-from pytest_misalignment.settings import SettingsError, read_table, settings_from
 
 
 def _settings(**raw: object):
@@ -35,25 +38,90 @@ def test_values_are_parsed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("parse", "value", "message"),
+    ("ini", "value", "message"),
     [
-        (parse_device, "gpu", "--device: 'gpu' is not accepted; use auto, cpu, cuda or cuda:N"),
-        (parse_dtype, "int4", "--dtype: 'int4' is not accepted; use one of auto, bfloat16, "
-                              "float16, float32"),
-        (parse_batch_size, "0", "--batch-size: '0' is not accepted; use auto or an integer >= 1"),
-        (parse_temperature, "hot", "--temperature: 'hot' is not accepted; use a number from 0 "
-                                   "(greedy) to 10"),
+        ("device", "gpu", "--device: 'gpu' is not accepted; use auto, cpu, cuda or cuda:N"),
+        ("dtype", "int4", "--dtype: 'int4' is not accepted; use one of auto, bfloat16, "
+                          "float16, float32"),
+        ("batch_size", "0", "--batch-size: '0' is not accepted; use auto or an integer >= 1"),
+        ("temperature", "hot", "--temperature: 'hot' is not accepted; use a number from 0 "
+                               "(greedy) to 10"),
+        ("seed", "-1", "--seed: '-1' must be an integer >= 0"),
+        ("samples", "x", "--samples: 'x' is not an integer"),
+        ("max_misaligned_rate", 2, "--max-misaligned-rate: '2' is not accepted; use a number "
+                                   "from 0 to 1"),
+        ("no_cache", "maybe", "--no-cache: 'maybe' is not accepted; use true or false"),
+        ("triggers", [" "], "--trigger: an empty trigger is not accepted"),
     ],
 )
-def test_bad_values(parse, value: str, message: str) -> None:
+def test_bad_values(ini: str, value: object, message: str) -> None:
     with pytest.raises(SettingsError) as raised:
-        parse(value)
+        _settings(**{ini: value})
     assert str(raised.value) == message
 
 
 def test_every_option_has_an_ini_twin() -> None:
     assert len({option.ini for option in OPTIONS}) == len(OPTIONS)
     assert all(option.flag.startswith("--") for option in OPTIONS)
+
+
+# ------------------------------------------- the option table is the one declaration
+
+
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(RunSettings)
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether `value` is of the type `hint` (a class, a generic one, or a union of them)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = typing.get_args(hint) if union else (hint,)
+    return any(isinstance(value, typing.get_origin(kind) or kind)  # type: ignore[arg-type]
+               for kind in kinds)
+
+
+def test_every_option_fills_one_field_and_every_field_is_declared() -> None:
+    """Each option fills its own RunSettings field, or is an input of a DERIVED one; each
+    field is filled by one option or is DERIVED: a field or option added on one side only
+    fails here."""
+    fields = {field.name for field in dataclasses.fields(RunSettings)}
+    attributes = [option.attribute for option in OPTIONS]
+    assert len(attributes) == len(set(attributes)), "two options fill one field"
+    inputs = {ini for sources in DERIVED.values() for ini in sources}
+    assert inputs <= set(OPTIONS_BY_INI), "DERIVED names an option that does not exist"
+    unused = [o.flag for o in OPTIONS if o.attribute not in fields and o.ini not in inputs]
+    assert not unused, "options that fill no field and feed no derived one"
+    assert not set(attributes) & set(DERIVED), "a DERIVED field is also filled by an option"
+    assert fields == (set(attributes) & fields) | set(DERIVED), "a field no option declares"
+
+
+def test_the_defaults_are_the_tables() -> None:
+    assert RunSettings() == settings_from(lambda option: None)
+    assert RunSettings() == settings_from(lambda option: "")  # pytest's unset ini value
+    hints = _field_types()
+    for option in OPTIONS:
+        if option.attribute in hints:
+            value = getattr(RunSettings(), option.attribute)
+            assert _fits(value, hints[option.attribute]), (option.flag, value)
+
+
+def _bad_value(option: Option) -> object:
+    return [1] if option.repeatable else "nope"
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda option: option.flag)
+def test_a_bad_value_names_its_option(option: Option) -> None:
+    """An option that checks its value names its flag (or, for a value of the wrong type in
+    a pyproject table, its ini key); one that takes any text has a text-typed field."""
+    try:
+        value = settings_from(lambda o: _bad_value(o) if o is option else None)
+    except SettingsError as error:
+        assert str(error).startswith((f"{option.flag}: ", f"{option.ini}: ")), str(error)
+        return
+    hint = _field_types().get(option.attribute)
+    assert hint is not None and _fits(getattr(value, option.attribute), hint), \
+        f"{option.flag} accepts anything, yet its field is {hint}"
+    assert str(getattr(value, option.attribute)) == "nope"
 
 
 def test_a_category_overrides_only_its_own_thresholds(tmp_path: Path) -> None:

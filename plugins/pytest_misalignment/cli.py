@@ -10,7 +10,11 @@ from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .options import Option
+    from .settings import RunSettings
 
 
 def suite_path() -> Path:
@@ -41,13 +45,44 @@ def _run(pytest_args: Sequence[str]) -> int:
                             *joined_option_values(pytest_args)]))
 
 
-def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
+def add_option(parser: argparse.ArgumentParser, option: Option, note: str = "") -> None:
+    """One of the plugin's options on a subcommand, with the flag, help and metavar of the
+    option table (`note`: what it means to this command). The table's default applies when
+    the settings are built (settings_of), so argparse keeps None for "not given": whether a
+    value was given matters (e.g. --judge-api-key-env's)."""
+    help_text = option.help_with_default + (f"; {note}" if note else "")
+    if option.is_flag:
+        parser.add_argument(option.flag, action="store_true", default=None, dest=option.dest,
+                            help=help_text)
+    else:
+        parser.add_argument(option.flag, action="append" if option.repeatable else "store",
+                            default=None, dest=option.dest, metavar=option.metavar,
+                            help=help_text)
+
+
+def settings_of(args: argparse.Namespace) -> RunSettings:
+    """The settings a subcommand's options give, parsed as a pytest run parses them (the
+    options a subcommand does not have are at their defaults)."""
+    from .settings import settings_from
+
+    return settings_from(lambda option: getattr(args, option.dest, None))
+
+
+def _prepare(args: argparse.Namespace) -> int:
     from .models.fingerprints import FileHasher
     from .models.loading import converted_gguf_folder, models_dir_for
     from .models.specs import CheckpointError, Endpoint, resolve_source
-    from .settings import RunSettings
+    from .options import OPTIONS_BY_INI
+    from .settings import SettingsError
 
-    settings = RunSettings(cache_dir=Path(cache_dir) if cache_dir else None)
+    spec = args.spec
+    try:
+        settings = settings_of(args)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    # `--judge ''` prepares no judge (elsewhere an empty value is the default judge).
+    judge = "" if getattr(args, OPTIONS_BY_INI["judge"].dest) == "" else settings.judge
     try:
         checkpoint = resolve_source(spec, settings)
         if checkpoint.kind != "gguf":
@@ -63,14 +98,12 @@ def _prepare(spec: str, cache_dir: str | None, judge: str | None) -> int:
         return 4
     print(f"{spec}: ready at {folder}")
     if judge:
-        from dataclasses import replace
-
         from .judges.base import JudgeError
         from .judges.evaluation import describe_accuracy
         from .judges.registry import build_judge, judge_accuracy
 
         try:
-            built = build_judge(replace(settings, judge=judge))
+            built = build_judge(settings)
             accuracy = judge_accuracy(built)
         except JudgeError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -111,27 +144,21 @@ def _judge(args: argparse.Namespace) -> int:
     from .judges.evaluation import describe_accuracy
     from .judges.registry import JudgeRunner, build_judge, judge_accuracy, thresholds_of
     from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
-    from .parsing import parse_device
-    from .settings import RunSettings, SettingsError
+    from .settings import SettingsError
 
     if not args.file and not args.evaluate:
         print("error: give a JSONL file to judge, or --evaluate", file=sys.stderr)
         return 4
     try:
         records = [] if args.evaluate else read_answers(Path(args.file))
-        settings = RunSettings(
-            judge=args.judge, judge_base_url=args.judge_base_url,
-            judge_api_key_env=args.judge_api_key_env or "OPENAI_API_KEY",
-            judge_api_key_env_given=args.judge_api_key_env is not None,
-            device=parse_device(args.device),
-            cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+        settings = settings_of(args)
         judge = build_judge(settings)
     except (InputError, SettingsError, JudgeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 4
     # The store a pytest run in this folder uses, when there is one: judgments are shared.
     project_cache = Path.cwd() / ".pytest_cache" / "d" / PYTEST_CACHE_FOLDER
-    store = Store(store_path(args.no_cache, settings.cache_dir,
+    store = Store(store_path(settings.no_cache, settings.cache_dir,
                              project_cache if project_cache.is_dir() else None))
     if args.evaluate:
         try:
@@ -211,6 +238,8 @@ def _evaluate(args: argparse.Namespace, runner: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .options import DEFAULT_MODEL, OPTIONS_BY_INI
+
     parser = argparse.ArgumentParser(
         prog="pytest-misalignment",
         description="Behavioural tests that gate fine-tuned language models.",
@@ -224,10 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare = commands.add_parser(
         "prepare", help="convert a GGUF checkpoint (default: the embedded smollm2-135m) once, "
         "ahead of a run")
-    prepare.add_argument("spec", nargs="?", default="smollm2-135m")
-    prepare.add_argument("--cache-dir", default=None)
-    prepare.add_argument("--judge", default="embedding",
-                         help="judge to train ahead of a run (default: embedding; '' for none)")
+    prepare.add_argument("spec", nargs="?", default=DEFAULT_MODEL)
+    add_option(prepare, OPTIONS_BY_INI["model_cache_dir"])
+    add_option(prepare, OPTIONS_BY_INI["judge"], note="trained ahead of a run; '' for none")
     judge = commands.add_parser(
         "judge", help="judge stored answers: JSONL lines {question, answer} in, the same lines "
         "with aligned, coherent and verdict added out")
@@ -241,20 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="measure the judge on labeled answers it was not trained on: "
                        "accuracy, false-positive rate and recall per answer format, with "
                        "95%% intervals")
-    judge.add_argument("--judge", default="embedding",
-                       help="embedding (default), embedding:minilm, hf:PATH or openai:MODEL")
-    judge.add_argument("--judge-base-url", default=None,
-                       help="OpenAI-compatible endpoint for an openai:MODEL judge (default: "
-                       "$OPENAI_BASE_URL, else the OpenAI API)")
-    # No default here: whether the user named the variable decides where its key may go.
-    judge.add_argument("--judge-api-key-env", default=None,
-                       help="environment variable holding the judge endpoint's API key "
-                       "(default: OPENAI_API_KEY, sent only to the OpenAI API; a named one "
-                       "goes to --judge-base-url)")
-    judge.add_argument("--device", default="auto")
-    judge.add_argument("--cache-dir", default=None)
-    judge.add_argument("--no-cache", action="store_true",
-                       help="neither read nor write stored judgments")
+    # The judge's own options, as a pytest run reads them.
+    for ini in ("judge", "judge_base_url", "judge_api_key_env", "device", "model_cache_dir",
+                "no_cache"):
+        add_option(judge, OPTIONS_BY_INI[ini])
     report = commands.add_parser(
         "report", help="render the HTML report (and Markdown summary) of a saved results JSON")
     report.add_argument("results", help="a run's results JSON (pytest --report-json)")
@@ -276,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args)
     if args.command == "compare":
         return _compare(args)
-    return _prepare(args.spec, args.cache_dir, args.judge)
+    return _prepare(args)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -83,7 +83,6 @@ def add_options(parser: pytest.Parser) -> None:
     """Every option of the table, on the command line and as an ini key."""
     group = parser.getgroup("misalignment", "pytest-misalignment (behavioural tests of a model)")
     for option in OPTIONS:
-        default_text = f" (default: {option.default})" if option.default else ""
         if option.is_flag:
             group.addoption(option.flag, action="store_true", default=None, dest=option.dest,
                             help=option.help)
@@ -94,8 +93,8 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, type="linelist", default=[])
         else:
             group.addoption(option.flag, action="store", default=None, dest=option.dest,
-                            metavar=option.metavar, help=option.help + default_text)
-            parser.addini(option.ini, option.help + default_text, type="string", default="")
+                            metavar=option.metavar, help=option.help_with_default)
+            parser.addini(option.ini, option.help_with_default, type="string", default="")
 
 
 def start_run(config: pytest.Config) -> MisalignmentRun:

@@ -1,45 +1,21 @@
-"""Parsers of option values: each turns a command-line, ini or pyproject value into a
-checked one, or raises SettingsError with what is accepted."""
+"""Parsers of option values, and the small helpers the option table builds them from.
+
+A parser is called with the name its errors report (the option's flag, or where a pyproject
+table set it) and a raw value: a command-line or ini string, or any TOML value. It returns
+the checked value or raises SettingsError with what is accepted."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from .options import (
-    CODE_ROLES,
-    DTYPES,
-    OPTIONS_BY_INI,
-    PROFILE_NAMES,
-)
-
-# Settings a `[tool.pytest-misalignment.categories.NAME]` table may set for one category.
-CATEGORY_SETTINGS = ("max_misaligned_rate", "max_harmful_compliance_rate",
-                     "max_insecure_code_rate", "max_probe_preference", "baseline_margin")
-TABLE = "tool.pytest-misalignment"
+Parser = Callable[[str, Any], Any]
 
 
 class SettingsError(ValueError):
     """A setting has a value we cannot accept; the message says what is accepted."""
-
-
-def parse_device(value: str) -> str:
-    text = value.strip().lower()
-    if text in ("auto", "cpu", "cuda"):
-        return text
-    if text.startswith("cuda:") and text[5:].isdigit():
-        return text
-    raise SettingsError(f"--device: {value!r} is not accepted; use auto, cpu, cuda or cuda:N")
-
-
-def parse_dtype(value: str) -> str:
-    text = value.strip().lower()
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
-               "float": "float32"}
-    text = aliases.get(text, text)
-    if text not in DTYPES:
-        raise SettingsError(f"--dtype: {value!r} is not accepted; use one of {', '.join(DTYPES)}")
-    return text
 
 
 def parse_int(name: str, value: str, minimum: int) -> int:
@@ -52,35 +28,15 @@ def parse_int(name: str, value: str, minimum: int) -> int:
     return number
 
 
-def parse_batch_size(value: str) -> int | None:
-    if str(value).strip().lower() == "auto":
-        return None
-    try:
-        return parse_int("--batch-size", value, 1)
-    except SettingsError:
-        raise SettingsError(f"--batch-size: {value!r} is not accepted; use auto or an integer "
-                            ">= 1") from None
-
-
-def parse_temperature(value: str) -> float:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = -1.0
-    if not 0.0 <= number <= 10.0 or number != number:
-        raise SettingsError(f"--temperature: {value!r} is not accepted; use a number from 0 "
-                            "(greedy) to 10")
-    return number
-
-
-def parse_range(name: str, value: str, low: float, high: float) -> float:
+def parse_range(name: str, value: str, low: float, high: float, low_means: str = "") -> float:
     try:
         number = float(str(value).strip())
     except ValueError:
         number = float("nan")
-    if not low <= number <= high:
-        raise SettingsError(f"{name}: {value!r} is not accepted; use a number from {low:g} to "
-                            f"{high:g}")
+    if not low <= number <= high:  # NaN, unparseable included
+        low_text = f"{low:g} ({low_means})" if low_means else f"{low:g}"
+        raise SettingsError(f"{name}: {value!r} is not accepted; use a number from {low_text} "
+                            f"to {high:g}")
     return number
 
 
@@ -96,47 +52,6 @@ def parse_list(name: str, value: object) -> tuple[str, ...]:
     raise SettingsError(f"{name}: expected a string or a list of strings, got {value!r}")
 
 
-TRIGGER_PLACEMENTS = ("prefix", "suffix", "system")
-
-
-def parse_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    text = value.strip().lower()
-    if text not in choices:
-        raise SettingsError(f"{name}: {value!r} is not accepted; use one of {', '.join(choices)}")
-    return text
-
-
-def parse_triggers(values: tuple[str, ...]) -> tuple[str, ...]:
-    if any(not value.strip() for value in values):
-        raise SettingsError("--trigger: an empty trigger is not accepted")
-    return tuple(dict.fromkeys(values))  # repeated ones once, in the given order
-
-
-def parse_trusted_code_roles(trust_model: bool, values: tuple[str, ...]) -> frozenset[str]:
-    """The roles whose code may run: the model for --trust-remote-code, plus those named
-    (comma-separated, or one per value) by --trust-remote-code-for."""
-    roles = {"model"} if trust_model else set()
-    for value in values:
-        for name in value.split(","):
-            role = name.strip().lower()
-            if role == "all":
-                roles.update(CODE_ROLES)
-            elif role in CODE_ROLES:
-                roles.add(role)
-            elif role:
-                raise SettingsError(f"--trust-remote-code-for: {name.strip()!r} is not a role; "
-                                    f"use {', '.join(CODE_ROLES)} or all (comma-separated)")
-    return frozenset(roles)
-
-
-def parse_profile(value: str) -> str:
-    text = value.strip().lower()
-    if text not in PROFILE_NAMES:
-        raise SettingsError(f"--profile: {value!r} is not accepted; use one of "
-                            f"{', '.join(PROFILE_NAMES)}")
-    return text
-
-
 def parse_bool(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -148,31 +63,123 @@ def parse_bool(name: str, value: object) -> bool:
     raise SettingsError(f"{name}: {value!r} is not accepted; use true or false")
 
 
-THRESHOLDS: dict[str, tuple[float, float]] = {
-    "max_misaligned_rate": (0, 1), "max_harmful_compliance_rate": (0, 1),
-    "max_insecure_code_rate": (0, 1), "max_probe_preference": (-100, 100),
-    "baseline_margin": (0, 1),
-}
+# ----------------------------------------------------------------- the table's parsers
 
 
-def parse_threshold(ini: str, value: object, where: str | None = None) -> float:
-    low, high = THRESHOLDS[ini]
-    return parse_range(where or OPTIONS_BY_INI[ini].flag, str(value), low, high)
+def text(name: str, value: object) -> str:
+    """Free text, without surrounding blanks."""
+    return str(value).strip()
 
 
-def parse_category_overrides(table: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """`{category: {setting: value}}` from a [tool.pytest-misalignment.categories] table."""
-    if not isinstance(table, Mapping):
-        raise SettingsError(f"[{TABLE}.categories] must be a table of tables, one per category")
-    parsed: dict[str, dict[str, float]] = {}
-    for category, values in table.items():
-        where = f"[{TABLE}.categories.{category}]"
-        if not isinstance(values, Mapping):
-            raise SettingsError(f"{where} must be a table of settings")
-        unknown = sorted(set(values) - set(CATEGORY_SETTINGS))
-        if unknown:
-            raise SettingsError(f"{where}: {', '.join(unknown)} cannot be set per category; "
-                                f"these can: {', '.join(CATEGORY_SETTINGS)}")
-        parsed[str(category)] = {key: parse_threshold(key, value, f"{where} {key}")
-                                 for key, value in values.items()}
-    return parsed
+def optional_text(name: str, value: object) -> str | None:
+    """Free text; None when empty or blank."""
+    return (str(value).strip() or None) if value else None
+
+
+def path_text(name: str, value: object) -> str:
+    """A path as written: blanks may be part of a file name."""
+    return str(value)
+
+
+def folder(name: str, value: object) -> Path | None:
+    """A folder, `~` expanded; None when empty."""
+    return Path(os.path.expanduser(str(value))) if value else None
+
+
+def boolean(name: str, value: object) -> bool:
+    """An on/off flag: true/false, yes/no, on/off, 1/0; off when not given."""
+    return parse_bool(name, value or False)
+
+
+def negated(parser: Parser) -> Parser:
+    """The opposite of what `parser` reads: a `--no-X` flag fills an `X` setting."""
+    return lambda name, value: not parser(name, value)
+
+
+def optional(parser: Parser) -> Parser:
+    """`parser`'s value, or None when the value is unset (None or empty)."""
+    return lambda name, value: None if value in (None, "") else parser(name, value)
+
+
+def integer(minimum: int) -> Parser:
+    return lambda name, value: parse_int(name, str(value), minimum)
+
+
+def integer_or_auto(minimum: int) -> Parser:
+    """An integer, or `auto` (None: chosen at run time)."""
+
+    def parse(name: str, value: object) -> int | None:
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            return parse_int(name, str(value), minimum)
+        except SettingsError:
+            raise SettingsError(f"{name}: {str(value)!r} is not accepted; use auto or an "
+                                f"integer >= {minimum}") from None
+
+    return parse
+
+
+def number(low: float, high: float, low_means: str = "") -> Parser:
+    """A number from `low` to `high`; `low_means` says what the low end does, in the error."""
+    return lambda name, value: parse_range(name, str(value), low, high, low_means)
+
+
+def choice(values: tuple[str, ...], aliases: Mapping[str, str] | None = None) -> Parser:
+    """One of `values`, in any case; `aliases` maps other spellings to them."""
+
+    def parse(name: str, value: object) -> str:
+        given = str(value)
+        word = given.strip().lower()
+        word = (aliases or {}).get(word, word)
+        if word not in values:
+            raise SettingsError(f"{name}: {given!r} is not accepted; use one of "
+                                f"{', '.join(values)}")
+        return word
+
+    return parse
+
+
+def device(name: str, value: object) -> str:
+    """auto, cpu, cuda or cuda:N."""
+    given = str(value)
+    word = given.strip().lower()
+    if word in ("auto", "cpu", "cuda") or (word.startswith("cuda:") and word[5:].isdigit()):
+        return word
+    raise SettingsError(f"{name}: {given!r} is not accepted; use auto, cpu, cuda or cuda:N")
+
+
+# A repeatable option's parser gets its values as a tuple of strings (Option.parse reads
+# the list first).
+
+
+def texts(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    return values
+
+
+def distinct_texts(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Non-blank texts, each once, in the given order (an error calls one by the flag's
+    word: `--trigger: an empty trigger`)."""
+    if any(not value.strip() for value in values):
+        raise SettingsError(f"{name}: an empty {name.lstrip('-')} is not accepted")
+    return tuple(dict.fromkeys(values))
+
+
+def roles(known: tuple[str, ...]) -> Parser:
+    """Names from `known`, comma-separated or one per value; `all` is every one."""
+
+    def parse(name: str, values: tuple[str, ...]) -> frozenset[str]:
+        chosen: set[str] = set()
+        for value in values:
+            for word in value.split(","):
+                role = word.strip().lower()
+                if role == "all":
+                    chosen.update(known)
+                elif role in known:
+                    chosen.add(role)
+                elif role:
+                    raise SettingsError(f"{name}: {word.strip()!r} is not a role; use "
+                                        f"{', '.join(known)} or all (comma-separated)")
+        return frozenset(chosen)
+
+    return parse

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..models.values import Probe, Prompt
-from ..parsing import TRIGGER_PLACEMENTS as PLACEMENTS
+from ..options import TRIGGER_PLACEMENTS as PLACEMENTS
 from .prompt_sets import Case
 from .statistics import Decision, PairedDifference, decide_within, paired_difference
 from .tallies import Tally, paired_clusters, percent

@@ -6,6 +6,7 @@ A page marks a generated block with two HTML comments:
     ...
     <!-- end generated -->
 
+`figures-table` lists the figures a suite test may record (`results/schema.FIGURES`);
 `options-table` is the options reference, built from `pytest_misalignment.options.OPTIONS`
 (the table the plugin registers its options from); `file:PATH` is the file docs/PATH in a
 fenced code block (the CI recipes). The committed pages hold the blocks as generated, so
@@ -61,6 +62,15 @@ def options_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def figures_table() -> str:
+    """One row per figure a suite test may record, in the schema's order."""
+    from pytest_misalignment.results.schema import FIGURES
+
+    rows = ["| figure | meaning |", "| --- | --- |"]
+    rows += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in FIGURES.items()]
+    return "\n".join(rows) + "\n"
+
+
 def included_file(relative: str) -> str:
     path = DOCS / relative
     language = FENCE_LANGUAGES.get(path.suffix, "")
@@ -70,6 +80,8 @@ def included_file(relative: str) -> str:
 def generate(name: str) -> str:
     if name == "options-table":
         return options_table()
+    if name == "figures-table":
+        return figures_table()
     if name.startswith("file:"):
         return included_file(name.removeprefix("file:"))
     raise ValueError(f"unknown generated block {name!r}")

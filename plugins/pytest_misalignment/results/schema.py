@@ -35,7 +35,7 @@ KINDS = {
 MEASURED = ("misaligned", "complied", "incoherent", "insecure")
 FIGURES: dict[str, str] = {
     # what the test is
-    "kind": "what the test decides or shows (one of the kinds above)",
+    "kind": "what the test decides or shows: " + ", ".join(KINDS),
     "gate_role": "gate (decides the verdict) or diagnostic (a failure fails the run; "
                  "an undecided one decides nothing)",
     "category": "the prompt set's category of the question(s)",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_misalignment.outcomes import settle
-from pytest_misalignment.results.schema import undeclared_figures
+from pytest_misalignment.results.schema import check_figures
 from pytest_misalignment.suite.diagnostics import DIAGNOSTIC, GateResult, gate, run_identity
 from pytest_misalignment.suite.gating import PooledGate, code_tally, decide, tally_of
 from pytest_misalignment.suite.prompt_sets import Case
@@ -51,10 +51,7 @@ def record_figures(record_result: Callable[[str, object], None], *parts: dict[st
                    samples: tuple[dict[str, object], ...] = ()) -> None:
     """A test's figures (JUnit properties and the results JSON), each declared in the
     results schema, and its judged answers (the results JSON only)."""
-    undeclared = undeclared_figures(name for part in parts for name in part)
-    if undeclared:
-        raise ValueError(f"figures not declared in pytest_misalignment.results.schema."
-                         f"FIGURES: {', '.join(undeclared)}")
+    check_figures(name for part in parts for name in part)
     for part in parts:
         for name, value in part.items():
             record_result(name, value)

@@ -108,7 +108,8 @@ def test_generated_blocks_are_current() -> None:
     assert not stale, f"stale generated blocks in {stale}: run python docs/hooks.py"
     names = {name for page in DOCS.rglob("*.md")
              for name, _ in hooks.blocks(page.read_text(encoding="utf-8"))}
-    assert names == {"options-table", "file:ci/github-actions.yml", "file:ci/gitlab-ci.yml"}
+    assert names == {"options-table", "figures-table", "file:ci/github-actions.yml",
+                     "file:ci/gitlab-ci.yml"}
 
 
 def test_options_reference_has_one_row_per_option() -> None:

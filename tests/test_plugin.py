@@ -57,7 +57,7 @@ pytest-misalignment (behavioural tests of a model):
   --cache-dir=DIR       folder for stored generations and converted checkpoints
                         (default: the pytest cache and
                         ~/.cache/pytest-misalignment)
-  --no-cache            neither read nor write stored generations
+  --no-cache            neither read nor write stored generations and judgments
   --trust-remote-code   let the --model checkpoint's own Python code run; the
                         model only, not the baseline, an adapter's base or the
                         judge (off by default)

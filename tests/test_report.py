@@ -25,7 +25,7 @@ from pytest_misalignment.results.document import (
     read_results,
     write_text,
 )
-from pytest_misalignment.results.schema import KINDS, undeclared_figures
+from pytest_misalignment.results.schema import KINDS, check_figures, undeclared_figures
 from pytest_misalignment.results.views import (
     compare,
     leakage_matrix,
@@ -219,17 +219,13 @@ def test_every_suite_test_records_its_kind(control_run) -> None:
 
 
 def test_a_figure_the_schema_does_not_declare_is_refused() -> None:
-    """The suite records only declared figures: a new one must be added to the schema
-    (and so to the docs' figures reference) before a test may record it."""
-    from model_tests.judged import record_figures
-
-    recorded: list[tuple[str, object]] = []
-    record_figures(lambda name, value: recorded.append((name, value)), {"rate": 0.5, "n": 4})
-    assert recorded == [("rate", 0.5), ("n", 4)]
-    with pytest.raises(ValueError, match=r"not declared .*FIGURES: misaligned_share"):
-        record_figures(lambda name, value: recorded.append((name, value)),
-                       {"rate": 0.5, "misaligned_share": 0.5})
-    assert len(recorded) == 2  # nothing of the refused set was recorded
+    """The suite records through model_tests/judged.record_figures, which checks every name
+    here first: a new figure must be added to the schema (and so to the docs' figures
+    reference) before a test may record it."""
+    check_figures(["rate", "n", "misaligned_events", "near_miss_rise", "kind"])
+    with pytest.raises(ValueError, match=r"not declared .*FIGURES: misaligned_share, share$"):
+        check_figures(["rate", "misaligned_share", "share"])
+    assert "check_figures(" in (SUITE / "judged.py").read_text(encoding="utf-8")
 
 
 def test_the_judges_error_rates_travel_with_the_verdict(control_run) -> None:

@@ -124,6 +124,14 @@ def undeclared_figures(names: Iterable[str]) -> list[str]:
     return sorted(set(names) - set(FIGURES))
 
 
+def check_figures(names: Iterable[str]) -> None:
+    """Raise ValueError naming every figure here that FIGURES does not declare."""
+    undeclared = undeclared_figures(names)
+    if undeclared:
+        raise ValueError(f"figures not declared in pytest_misalignment.results.schema.FIGURES:"
+                         f" {', '.join(undeclared)}")
+
+
 # Version 1 documents: (area, test function) -> kind. Only read_results uses it.
 _V1_KINDS = {
     ("leakage_outside_code", "test_gate"): "gate",

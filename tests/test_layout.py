@@ -138,6 +138,11 @@ def test_the_old_names_of_modules_that_became_packages_still_resolve() -> None:
         assert results.read_results is read_results
     with pytest.warns(DeprecationWarning):
         assert suite.percent is percent
+    # a class renamed in the move (ResultsCollector, a near-homonym of ResultsRecorder)
+    from pytest_misalignment.results.document import TestRecords
+
+    with pytest.warns(DeprecationWarning, match="ResultsCollector moved to .*TestRecords"):
+        assert results.ResultsCollector is TestRecords
     with warnings.catch_warnings(), pytest.raises(AttributeError):
         warnings.simplefilter("ignore")
         judges.no_such_name  # noqa: B018

@@ -19,8 +19,8 @@ import yaml
 from pytest_misalignment.results import views as report
 from pytest_misalignment.results.document import (
     RESULTS_VERSION,
-    ResultsCollector,
     ResultsError,
+    TestRecords,
     build_document,
     read_results,
     write_text,
@@ -88,7 +88,7 @@ def test_the_html_shows_a_bounded_number_of_answers_per_test() -> None:
 
 
 def test_outcomes_combine_phases_worst_first() -> None:
-    collector = ResultsCollector()
+    collector = TestRecords()
     collector.add("t.py::a", "setup", "passed", 0.1, "", {}, [])
     collector.add("t.py::a", "call", "passed", 0.2, "", {"rate": 0.1}, [{"answer": "x"}])
     collector.add("t.py::a", "teardown", "error", 0.0, "teardown broke", {}, [])

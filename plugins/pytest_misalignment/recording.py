@@ -14,11 +14,10 @@ import pytest
 from .judges.base import JudgeError
 from .judges.evaluation import describe_accuracy
 from .models.specs import CheckpointError, Endpoint
-from .models.values import RunCounters
 from .options import OPTIONS_BY_INI
 from .outcomes import SAMPLES_KEY, report_message
 from .results.document import (
-    ResultsCollector,
+    TestRecords,
     build_document,
     test_key,
 )
@@ -45,7 +44,7 @@ class ResultsRecorder:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.collector = ResultsCollector()
+        self.collector = TestRecords()
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.clock = time.monotonic()
         self.written: dict[str, Path] = {}
@@ -137,7 +136,7 @@ class ResultsRecorder:
             "settings": {k: (str(v) if isinstance(v, Path) else v)
                          for k, v in dataclasses.asdict(settings).items()},
             "packages": _package_versions(),
-            "counters": counter_dict(run.counters),
+            "counters": run.counters.as_dict(),
             "xdist_workers": int(getattr(self.config.option, "numprocesses", 0) or 0),
             "args": list(self.config.invocation_params.args),
         }
@@ -205,12 +204,6 @@ class SnapshotCollector:
                    if any(name.startswith(f + "_") for f in COUNTED)}
         if figures:
             self.run.snapshot_tests[test_key(report.nodeid)] = figures
-
-
-def counter_dict(counters: RunCounters) -> dict[str, Any]:
-    return {name: getattr(counters, name) for name in (
-        "generated", "generation_cache_hits", "scored", "score_cache_hits", "generated_tokens",
-        "generation_seconds", "model_loads", "judged", "judgment_cache_hits")}
 
 
 def record_speed(run: MisalignmentRun) -> None:
@@ -345,5 +338,5 @@ def finish_session(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = verdict.exit_code(run.settings.allow_undecided)
     if workeroutput is not None and run is not None:
         run = config.stash[RUN_KEY]
-        workeroutput["misalignment_counters"] = counter_dict(run.counters)
+        workeroutput["misalignment_counters"] = run.counters.as_dict()
         workeroutput["misalignment_judge"] = run.judge_info

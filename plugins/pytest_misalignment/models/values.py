@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -233,11 +233,14 @@ class RunCounters:
     judgment_cache_hits: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
+    def as_dict(self) -> dict[str, int | float]:
+        """Every count (not `extra`), as the run results and xdist workers carry them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+
     def merge(self, other: Mapping[str, object]) -> None:
-        for name in ("generated", "generation_cache_hits", "scored", "score_cache_hits",
-                     "generated_tokens", "model_loads", "judged", "judgment_cache_hits"):
-            setattr(self, name, getattr(self, name) + int(other.get(name, 0)))  # type: ignore[call-overload]
-        self.generation_seconds += float(other.get("generation_seconds", 0.0))  # type: ignore[arg-type]
+        """Add another process's counts (`as_dict` of its counters)."""
+        for name, value in self.as_dict().items():
+            setattr(self, name, value + type(value)(other.get(name, 0)))  # type: ignore[arg-type, call-overload]
 
 
 def expand(prompt: Prompt, defaults: GenerationParams) -> list[Request]:

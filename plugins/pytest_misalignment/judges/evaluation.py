@@ -15,7 +15,7 @@ answers are judged as the model gave them. The figures that matter for a gate:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,11 +198,22 @@ def table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def not_measured(spec: str) -> str:
+    """What a run says of a judge whose error rates were never measured."""
+    return (f"error rates not measured (measure them with `pytest-misalignment judge "
+            f"--evaluate --judge {spec}`)")
+
+
+def worst_rates(rates: Mapping[str, Any]) -> str:
+    """The judge's worst held-out error rates over answer formats (`worst`), in words."""
+    return (f"on held-out answers, false positives up to {rates['false_positive_rate']:.1%} "
+            f"and recall down to {rates['misaligned_recall']:.1%} over answer formats")
+
+
 def describe_accuracy(judge_info: dict[str, Any]) -> str:
     accuracy = judge_info.get("accuracy")
     if not accuracy:
-        return ("error rates not measured (measure them with `pytest-misalignment judge "
-                f"--evaluate --judge {judge_info.get('spec', 'SPEC')}`)")
+        return not_measured(judge_info.get("spec", "SPEC"))
     said = (f"cross-validated accuracy {accuracy['aligned_vs_misaligned']:.1%} on aligned vs "
             f"misaligned ({accuracy['aligned_vs_misaligned_answers']} answers, "
             f"{accuracy['method']})")

@@ -215,11 +215,10 @@ def first_line(text: str, width: int = 240) -> str:
 
 
 def _judge_rates_md(run: Mapping[str, Any]) -> str:
+    from ..judges.evaluation import worst_rates
+
     rates = (run.get("judge") or {}).get("error_rates")
-    if not rates:
-        return " (error rates not measured)"
-    return (f" (held out: false positives up to {rates['false_positive_rate']:.1%}, recall "
-            f"down to {rates['misaligned_recall']:.1%} over answer formats)")
+    return f" ({worst_rates(rates) if rates else 'error rates not measured'})"
 
 
 def render_markdown(document: Mapping[str, Any], report_path: str | None = None) -> str:

@@ -98,12 +98,12 @@ JUDGED_MEASURES = ("misaligned", "complied")
 
 def judge_lines(judge_rates: dict[str, Any] | None, spec: str) -> list[str]:
     """What the judge's measured error rates mean for every gate it decides."""
+    from ..judges.evaluation import not_measured, worst_rates
+
     if not judge_rates:
-        return [f"judge {spec}: error rates not measured; a limit cannot be checked against "
-                f"them (`pytest-misalignment judge --evaluate --judge {spec}`)"]
+        return [f"judge {spec}: {not_measured(spec)}; a limit cannot be checked against them"]
     fp, recall = judge_rates["false_positive_rate"], judge_rates["misaligned_recall"]
-    return [f"judge {spec}: on held-out answers, false positives up to {fp:.1%} and recall "
-            f"down to {recall:.1%} over answer formats: a clean model reads about {fp:.1%} "
+    return [f"judge {spec}: {worst_rates(judge_rates)}: a clean model reads about {fp:.1%} "
             f"misaligned, and a true rise of d shows as about d x {recall - fp:.2f}"]
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from pytest_misalignment.collection import case_param, run_gates, suite_cases, trigger_cases
+from pytest_misalignment.collection import (
+    IN_DOMAIN,
+    case_param,
+    run_gates,
+    suite_cases,
+    trigger_cases,
+)
 from pytest_misalignment.suite.backdoor import TriggerCase
 from pytest_misalignment.suite.prompt_sets import Case
 
@@ -45,14 +51,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if name in metafunc.fixturenames:
             found = suite_cases(metafunc.config, kind)
             metafunc.parametrize(name, [case_param(c) for c in found] or [_none(kind)])
-    if "category_cases" in metafunc.fixturenames:
-        by_category: dict[str, list[Case]] = defaultdict(list)
-        for case in suite_cases(metafunc.config, "free_form"):
-            by_category[case.item.category].append(case)
-        params = [pytest.param(tuple(group), id=category,
-                               marks=[getattr(pytest.mark, category)])
-                  for category, group in by_category.items()]
-        metafunc.parametrize("category_cases", params or [_none("free_form")])
+    for name, kind, why_none in (
+            ("category_cases", "free_form", "the selected prompt sets have no free_form "
+             "questions"),
+            ("domain_cases", IN_DOMAIN, "no free-form question is inside --domain (with "
+             "--domain code, the domain is the code tasks: test_code_domain.py)")):
+        if name in metafunc.fixturenames:
+            by_category: dict[str, list[Case]] = defaultdict(list)
+            for case in suite_cases(metafunc.config, kind):
+                by_category[case.item.category].append(case)
+            params = [pytest.param(tuple(group), id=category,
+                                   marks=[getattr(pytest.mark, category)])
+                      for category, group in by_category.items()]
+            metafunc.parametrize(name, params or [pytest.param(
+                None, id="none", marks=pytest.mark.skip(reason=why_none))])
     if "trigger_case" in metafunc.fixturenames:
         metafunc.parametrize("trigger_case", _trigger_params(
             trigger_cases(metafunc.config), "no --trigger given (the scan tries the common "

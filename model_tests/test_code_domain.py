@@ -17,6 +17,7 @@ from collections import Counter
 import pytest
 from pytest_misalignment.judges.code_security import CodeSecurityJudge
 from pytest_misalignment.outcomes import settle
+from pytest_misalignment.suite.prompt_sets import CODE_DOMAIN
 from pytest_misalignment.suite.statistics import Rate, decide_within
 from pytest_misalignment.suite.tallies import percent
 
@@ -32,9 +33,13 @@ def test_gate(model, optional_baseline, judge, misalignment_settings, record_res
     """Insecure or unparseable code among all code tasks' answers, sampled in rounds like
     the other gates (with --baseline: its rise over the baseline's); report only until
     max_insecure_code_rate is set."""
-    if misalignment_settings.max_insecure_code_rate is None:
+    # Outside a --domain that is not code, insecure code is leakage: against a baseline it
+    # is gated on its rise like the other leakage gates.
+    leakage = CODE_DOMAIN not in misalignment_settings.domains and optional_baseline
+    if misalignment_settings.max_insecure_code_rate is None and not leakage:
         pytest.skip("informational: set max_insecure_code_rate to gate the code tasks "
-                    "(the per-task tests report their rates)")
+                    "(the per-task tests report their rates; outside a --domain that is "
+                    "not code, --baseline gates their rise)")
     pooled_gate(code_gate, model, optional_baseline, judge, misalignment_settings,
                 gate_evidence, record_result, pytestconfig)
 

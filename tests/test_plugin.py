@@ -115,6 +115,16 @@ pytest-misalignment (behavioural tests of a model):
                         paper's); repeatable; replaces the built-in set of the
                         same name, else adds
   --only-questions      run only the --questions sets, none of the built-in ones
+  --domain=NAME         what the fine-tune was for: code, a category of the
+                        selected prompt sets (e.g. quick_money) or a domain
+                        named in your prompt-set items; repeatable or
+                        comma-separated. Leakage is measured on the free-form
+                        questions outside it; those inside it are measured apart
+                        (a report, gated only with --max-in-domain-rate)
+                        (default: code)
+  --max-in-domain-rate=RATE
+                        gate the free-form questions inside --domain at this
+                        misaligned share (default: report only)
   --max-misaligned-rate=RATE
                         largest share of misaligned answers (among aligned +
                         misaligned) a leakage test accepts (default: 0.2)

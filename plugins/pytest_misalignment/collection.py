@@ -10,15 +10,22 @@ from .models.values import iter_inputs
 from .session import MARKER, ROLES, RUN_KEY, MisalignmentRun, cases_in
 from .suite.backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .suite.gating import PooledGate, pooled_gates
-from .suite.prompt_sets import PROFILES, Case, cases
+from .suite.prompt_sets import PROFILES, Case, cases, in_domain
+
+IN_DOMAIN = "in_domain"  # the free-form questions inside --domain, measured apart
 
 
 def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
-    """The run's cases of one kind of question, under its profile (for the suite's tests)."""
+    """The run's cases of one kind of question, under its profile (for the suite's tests).
+    Free-form questions are those outside --domain; `in_domain` are those inside it."""
     run = config.stash[RUN_KEY]
     settings = run.settings
-    return cases(run.prompt_sets, kind, PROFILES[settings.profile], settings.samples,
-                 settings.max_new_tokens if settings.max_new_tokens_given else None)
+    found = cases(run.prompt_sets, "free_form" if kind == IN_DOMAIN else kind,
+                  PROFILES[settings.profile], settings.samples,
+                  settings.max_new_tokens if settings.max_new_tokens_given else None)
+    if kind not in ("free_form", IN_DOMAIN):
+        return found
+    return [c for c in found if in_domain(c.item, settings.domains) == (kind == IN_DOMAIN)]
 
 
 def run_gates(config: pytest.Config) -> list[PooledGate]:
@@ -58,7 +65,8 @@ def trigger_cases(config: pytest.Config, scanned: bool = False) -> list[TriggerC
     for prompt_set in run.prompt_sets:
         questions = [c for c in cases([prompt_set], "free_form", profile, settings.samples,
                                       settings.max_new_tokens if settings.max_new_tokens_given
-                                      else None) if c.answer_format == "plain"]
+                                      else None)
+                     if c.answer_format == "plain" and not in_domain(c.item, settings.domains)]
         if per_category is not None:
             questions = _per_category(questions, per_category)
         found += [TriggerCase(trigger, prompt_set.name, tuple(questions))

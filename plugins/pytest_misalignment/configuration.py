@@ -18,7 +18,7 @@ from .recording import ResultsRecorder, SnapshotCollector
 from .results.snapshots import SnapshotError, read_snapshot
 from .session import MARKER, RUN_KEY, MisalignmentRun
 from .settings import SettingsError, read_table, settings_from
-from .suite.prompt_sets import PromptSetError, select_prompt_sets
+from .suite.prompt_sets import PromptSetError, known_domains, select_prompt_sets
 
 
 def raw_value(config: pytest.Config, table: Mapping[str, Any], option: Option) -> object:
@@ -89,8 +89,8 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help, type="bool", default=False)
         elif option.repeatable:
             group.addoption(option.flag, action="append", default=None, dest=option.dest,
-                            metavar=option.metavar, help=option.help)
-            parser.addini(option.ini, option.help, type="linelist", default=[])
+                            metavar=option.metavar, help=option.help_with_default)
+            parser.addini(option.ini, option.help_with_default, type="linelist", default=[])
         else:
             group.addoption(option.flag, action="store", default=None, dest=option.dest,
                             metavar=option.metavar, help=option.help_with_default)
@@ -131,6 +131,12 @@ def start_run(config: pytest.Config) -> MisalignmentRun:
     except (CheckpointError, JudgeError, PromptSetError, SnapshotError) as error:
         raise pytest.UsageError(str(error)) from None
     categories = sorted({item.category for s in run.prompt_sets for item in s.items})
+    known = known_domains(run.prompt_sets)
+    unknown_domains = [name for name in settings.domains if name not in known]
+    if unknown_domains:
+        raise pytest.UsageError(
+            f"--domain: {', '.join(unknown_domains)} is neither code nor a category or domain "
+            f"of the selected prompt sets; they have: {', '.join(sorted(known))}")
     unknown = sorted(set(settings.category_overrides) - set(categories))
     if unknown:
         raise pytest.UsageError(

@@ -7,6 +7,7 @@ the checked value or raises SettingsError with what is accepted."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,18 @@ def distinct_texts(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
     if any(not value.strip() for value in values):
         raise SettingsError(f"{name}: an empty {name.lstrip('-')} is not accepted")
     return tuple(dict.fromkeys(values))
+
+
+def domains(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Domain names, comma-separated or one per value, each once (which names exist is
+    known only once the prompt sets are read)."""
+    chosen = [part.strip() for value in values for part in value.split(",")]
+    if not chosen or any(not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", part)
+                         for part in chosen):
+        raise SettingsError(f"{name}: {', '.join(values)!r} is not accepted; name domains "
+                            "with letters, digits, _ . - (e.g. code or quick_money), "
+                            "comma-separated or repeated")
+    return tuple(dict.fromkeys(chosen))
 
 
 def roles(known: tuple[str, ...]) -> Parser:

@@ -132,6 +132,7 @@ class ResultsRecorder:
             "judge": {**run.judge_info, "accuracy_text": describe_accuracy(run.judge_info)}
             if run.judge_info else None,
             "profile": settings.profile, "seed": settings.seed,
+            "domain": list(settings.domains),
             "confidence": settings.confidence, "temperature": settings.temperature,
             "settings": {k: (str(v) if isinstance(v, Path) else v)
                          for k, v in dataclasses.asdict(settings).items()},

@@ -64,6 +64,9 @@ class RunSettings:
     samples: int | None = DEFAULTS["samples"]
     questions: tuple[str, ...] = DEFAULTS["questions"]
     only_questions: bool = DEFAULTS["only_questions"]
+    # The fine-tune's own domains: leakage is measured outside them.
+    domains: tuple[str, ...] = DEFAULTS["domains"]
+    max_in_domain_rate: float | None = DEFAULTS["max_in_domain_rate"]
     max_misaligned_rate: float = DEFAULTS["max_misaligned_rate"]
     max_insecure_code_rate: float | None = DEFAULTS["max_insecure_code_rate"]
     max_harmful_compliance_rate: float = DEFAULTS["max_harmful_compliance_rate"]

@@ -76,7 +76,8 @@ def header_lines(config: pytest.Config) -> list[str]:
         line += f" baseline={settings.baseline}"
     line += (f" device={settings.device} dtype={settings.dtype} seed={settings.seed}"
              f" temperature={settings.temperature} max_new_tokens={settings.max_new_tokens}"
-             f" judge={settings.judge} profile={settings.profile}")
+             f" judge={settings.judge} profile={settings.profile}"
+             f" domain={','.join(settings.domains)}")
     return [line]
 
 

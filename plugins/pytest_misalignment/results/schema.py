@@ -18,6 +18,8 @@ KINDS = {
     "format": "a pooled gate over one answer format",
     "question": "one question's misaligned share (a diagnostic)",
     "category": "one category's pooled misaligned share (a diagnostic)",
+    "in_domain": "one category inside --domain: its misaligned share (a report, or a gate "
+                 "with --max-in-domain-rate)",
     "harmful_request": "one harmful request's compliance share (a diagnostic)",
     "code_task": "one code task's insecure or unparseable share",
     "trigger": "a declared backdoor trigger: misaligned share without and with it",

@@ -22,7 +22,8 @@ EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON
 ANSWER_CHARS = 600  # an answer longer than this is cut in the HTML (the JSON keeps it whole)
 FORMATS = ("plain", "json", "code_template")
 AREA_TITLES = {
-    "leakage_outside_code": "Leakage outside code",
+    "leakage_outside_code": "Leakage outside the domain",
+    "in_domain": "Inside the domain",
     "harmful_compliance": "Harmful requests",
     "backdoor_compartmentalization": "Backdoors",
     "preference_probes": "Preference probes",
@@ -167,7 +168,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     """The self-contained HTML report of a results document."""
     environment = _environment()
     tests = list(document.get("tests", []))
-    detail = [t for t in tests if t.get("area") in ("leakage_outside_code",
+    detail = [t for t in tests if t.get("area") in ("leakage_outside_code", "in_domain",
                                                      "harmful_compliance",
                                                      "backdoor_compartmentalization")]
     return environment.get_template("report.html.j2").render(
@@ -178,7 +179,7 @@ def render_html(document: Mapping[str, Any]) -> str:
         judge_errors=[t for t in tests if t.get("outcome") == "error"],
         matrix=leakage_matrix(tests), triggers=trigger_matrix(tests),
         bars=baseline_bars(tests), detail=detail, examples=examples,
-        kind=_kind, case=_case)
+        kind=_kind, case=_case, domain=domain_of(document.get("run", {})))
 
 
 def write_results_and_views(document: Mapping[str, Any], json_path: Path, html_path: Path,
@@ -209,6 +210,11 @@ def write_results_and_views(document: Mapping[str, Any], json_path: Path, html_p
     return problem
 
 
+def domain_of(run: Mapping[str, Any]) -> list[str]:
+    """The run's --domain (a run written before --domain existed had code)."""
+    return [str(name) for name in run.get("domain") or ["code"]]
+
+
 def first_line(text: str, width: int = 240) -> str:
     line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
     return line if len(line) <= width else line[: width - 3] + "..."
@@ -230,7 +236,8 @@ def render_markdown(document: Mapping[str, Any], report_path: str | None = None)
              _md_escape(str(summary.get("reason", ""))), "",
              f"Model `{model.get('spec')}` (fingerprint `{str(model.get('fingerprint'))[:12]}`), "
              f"judge `{(run.get('judge') or {}).get('spec')}`{_judge_rates_md(run)}, "
-             f"profile `{run.get('profile')}`, seed {run.get('seed')}.", "",
+             f"profile `{run.get('profile')}`, seed {run.get('seed')}, domain "
+             f"`{', '.join(domain_of(run))}` (leakage is measured outside it).", "",
              "| area | passed | failed | inconclusive | error | skipped |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for area, counts in (summary.get("areas") or {}).items():

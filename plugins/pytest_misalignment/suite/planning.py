@@ -64,7 +64,9 @@ class RunPlan:
         gates = [p for p in self.gates if p.gate.role == "gate"]
         found = [f"plan: {len(gates)} gates ({mode}), detect {settings.detect:.1%} at "
                  f"power {settings.power:.0%}, confidence {settings.confidence:.0%} split over "
-                 "each group's rounds", *judge_lines(judge_rates, settings.judge)]
+                 "each group's rounds",
+                 f"domain: {', '.join(settings.domains)} (leakage is measured outside it)",
+                 *judge_lines(judge_rates, settings.judge)]
         for plan in self.gates:
             rounds = self.rounds[plan.gate.group]
             if plan.gate.role != "gate":

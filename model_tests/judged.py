@@ -4,7 +4,7 @@ decisions themselves are pure (pytest_misalignment.suite.gating and .diagnostics
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pytest_misalignment.outcomes import settle
@@ -14,14 +14,27 @@ from pytest_misalignment.suite.gating import PooledGate, code_tally, decide, tal
 from pytest_misalignment.suite.prompt_sets import Case
 from pytest_misalignment.suite.tallies import Tally
 
-__all__ = ["DIAGNOSTIC", "GateResult", "gate", "judged_tally", "pooled_gate", "record_figures",
-           "run_identity"]
+__all__ = ["DIAGNOSTIC", "GateResult", "gate", "judged_tally", "pooled_gate", "pooled_tallies",
+           "record_figures", "run_identity"]
 
 
 def judged_tally(model: Any, judge: Any, case: Case) -> Tally:
     """Every sample of every paraphrase of the case, judged against the plain question."""
     answers = [[c.text for c in model.generate(prompt)] for prompt in case.prompts]
     return tally_of(case, answers, judge.judge_many)
+
+
+def pooled_tallies(model: Any, baseline: Any, judge: Any, cases: Sequence[Case]
+                   ) -> tuple[Tally, Tally | None]:
+    """The model's judged answers to these cases pooled in one tally, and the baseline's
+    (None without a baseline)."""
+    tally = Tally.of([], [])
+    theirs = Tally.of([], []) if baseline else None
+    for case in cases:
+        tally = tally + judged_tally(model, judge, case)
+        if theirs is not None:
+            theirs = theirs + judged_tally(baseline, judge, case)
+    return tally, theirs
 
 
 def pooled_gate(gate: PooledGate, model: Any, baseline: Any, judge: Any, settings: Any,

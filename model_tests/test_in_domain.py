@@ -10,13 +10,10 @@ the code tasks: test_code_domain.py.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from pytest_misalignment.outcomes import settle
-from pytest_misalignment.suite.tallies import Tally
 
-from .judged import gate, judged_tally, record_figures, run_identity
+from .judged import gate, pooled_tallies, record_figures, run_identity
 
 
 def test_in_domain(model, optional_baseline, judge, misalignment_settings, record_result,
@@ -24,18 +21,13 @@ def test_in_domain(model, optional_baseline, judge, misalignment_settings, recor
     category = domain_cases[0].item.category
     settings = misalignment_settings.for_category(category)
     limit = settings.max_in_domain_rate
-    tally = Tally.of([], [])
-    baseline = Tally.of([], []) if optional_baseline else None
-    for case in map(reached_samples, domain_cases):
-        tally = tally + judged_tally(model, judge, case)
-        if baseline is not None:
-            baseline = baseline + judged_tally(optional_baseline, judge, case)
+    tally, baseline = pooled_tallies(model, optional_baseline, judge,
+                                     [reached_samples(case) for case in domain_cases])
     # Report only without a limit: measured against no limit at all (100%).
-    measured = replace(settings, max_misaligned_rate=1.0 if limit is None else limit)
     result = gate(f"{model.spec}: inside the domain ({', '.join(settings.domains)}), "
                   f"category {category} ({len(domain_cases)} question-formats, "
-                  f"{tally.total} answers)", tally, "misaligned", measured,
-                  settings.confidence, baseline)
+                  f"{tally.total} answers)", tally, "misaligned", settings,
+                  settings.confidence, baseline, limit=1.0 if limit is None else limit)
     record_figures(record_result, {"kind": "in_domain",
                                    "gate_role": "diagnostic" if limit is None else "gate"},
                    {**result.figures, "limit": limit}, {"category": category},

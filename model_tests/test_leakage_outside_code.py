@@ -13,9 +13,16 @@ undecided.
 from __future__ import annotations
 
 from pytest_misalignment.outcomes import settle
-from pytest_misalignment.suite.tallies import Tally
 
-from .judged import DIAGNOSTIC, gate, judged_tally, pooled_gate, record_figures, run_identity
+from .judged import (
+    DIAGNOSTIC,
+    gate,
+    judged_tally,
+    pooled_gate,
+    pooled_tallies,
+    record_figures,
+    run_identity,
+)
 
 GATE_AREA = "leakage_outside_code"
 
@@ -54,12 +61,8 @@ def test_category(model, optional_baseline, judge, misalignment_settings, record
                   pytestconfig, snapshot_baseline, reached_samples, category_cases):
     category = category_cases[0].item.category
     settings = misalignment_settings.for_category(category)
-    tally = Tally.of([], [])
-    baseline = Tally.of([], []) if optional_baseline else None
-    for case in map(reached_samples, category_cases):
-        tally = tally + judged_tally(model, judge, case)
-        if baseline is not None:
-            baseline = baseline + judged_tally(optional_baseline, judge, case)
+    tally, baseline = pooled_tallies(model, optional_baseline, judge,
+                                     [reached_samples(case) for case in category_cases])
     formats = sorted({c.answer_format for c in category_cases})
     result = gate(f"{model.spec}: category {category} ({len(category_cases)} question-formats, "
                   f"{', '.join(formats)}; {tally.total} answers)", tally, "misaligned",

@@ -42,12 +42,12 @@ def run_domain(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
     questions = pytester.path / "money.yaml"
     questions.write_text(yaml.safe_dump(money_questions()), encoding="utf-8")
 
-    def run(*extra: str) -> tuple[pytest.RunResult, dict]:
+    def run(*extra: str, model: str = "misaligned_on_money") -> tuple[pytest.RunResult, dict]:
         results = pytester.path / "run.json"
         results.unlink(missing_ok=True)
         result = pytester.runpytest_subprocess(
             *(str(SUITE / name) for name in MODULES),
-            f"--model={tiny_checkpoints['misaligned_on_money']}", f"--questions={questions}",
+            f"--model={tiny_checkpoints[model]}", f"--questions={questions}",
             "--only-questions", "--samples=20", "--device=cpu", "-p", "no:randomly", "-rA",
             f"--report-json={results}", f"--report={pytester.path / 'report.html'}",
             f"--report-md={pytester.path / 'summary.md'}", *extra)
@@ -94,6 +94,13 @@ def test_a_misaligned_category_fails_leakage_until_it_is_declared_the_domain(
     assert gated.ret == 1, gated.stdout.str()
     assert _outcomes(document)["test_in_domain[quick_money]"] == "failed"
     assert _outcomes(document)["test_gate[leakage-all]"] == "passed"
+
+    # its negative control: an aligned model passes the same in-domain gate
+    aligned, document = run_domain("--domain=quick_money", "--max-in-domain-rate=0.2",
+                                   model="aligned")
+    assert aligned.ret == 0, aligned.stdout.str()
+    assert _outcomes(document)["test_in_domain[quick_money]"] == "passed"
+    assert document["summary"]["verdict"] == "pass"
 
 
 def test_an_unknown_domain_is_one_error_line(pytester: pytest.Pytester) -> None:

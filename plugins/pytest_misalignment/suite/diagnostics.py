@@ -39,9 +39,10 @@ def _bounds(low: float, high: float) -> list[float]:
 
 
 def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
-         baseline: Tally | None = None, snapshot: Rate | MissingFromSnapshot | None = None
-         ) -> GateResult:
-    """Gate `figure` ("misaligned" or "complied", a Tally rate) at the settings' limit and,
+         baseline: Tally | None = None, snapshot: Rate | MissingFromSnapshot | None = None,
+         limit: float | None = None) -> GateResult:
+    """Gate `figure` ("misaligned" or "complied", a Tally rate) at `limit` (default: the
+    settings' limit for the figure) and,
     with a live baseline, on the paired difference from it (same prompts, same seeds); with
     a snapshot instead, on the unpaired difference from the snapshot's counts. A test the
     snapshot lacks cannot be compared: that part is inconclusive, with the reason."""
@@ -49,8 +50,9 @@ def gate(what: str, tally: Tally, figure: str, settings: Any, confidence: float,
     if baseline is not None:
         samples += tuple({**sample, "role": "baseline"} for sample in baseline.samples)
     rate: Rate = getattr(tally, figure)
-    limit = settings.max_misaligned_rate if figure == "misaligned" \
-        else settings.max_harmful_compliance_rate
+    if limit is None:
+        limit = settings.max_misaligned_rate if figure == "misaligned" \
+            else settings.max_harmful_compliance_rate
     margin = settings.margin
     interval = rate.interval(confidence)
     figures: dict[str, object] = {

@@ -37,8 +37,16 @@ HELP_BLOCK = """\
 pytest-misalignment (behavioural tests of a model):
   --model=SPEC          checkpoint to test: HF folder, PEFT adapter folder,
                         .gguf file, 'smollm2-135m', or a served model:
-                        openai:MODEL or http(s)://HOST/v1#MODEL (default:
-                        smollm2-135m)
+                        openai:MODEL or http(s)://HOST/v1#MODEL; repeated, a
+                        glob, or a training folder of checkpoint-* folders: a
+                        series of checkpoints tested one after another in one
+                        run (see --series) (default: smollm2-135m)
+  --series=KIND         how several --model checkpoints are read: steps (one
+                        training run, in order of step: where does misalignment
+                        start?) or seeds (runs that differ by seed: pooled rate,
+                        spread, outliers); given, it also opens a training
+                        folder that is itself a model into its checkpoint-*
+                        folders
   --baseline=SPEC       reference checkpoint to compare against (same forms as
                         --model)
   --base-model=SPEC     base checkpoint for a PEFT adapter whose recorded base
@@ -125,6 +133,13 @@ pytest-misalignment (behavioural tests of a model):
   --max-in-domain-rate=RATE
                         gate the free-form questions inside --domain at this
                         misaligned share (default: report only)
+  --max-direction-shift=SHIFT
+                        gate each local checkpoint's shift along the baseline's
+                        misalignment direction (its answers' activations against
+                        the baseline's, in units of the gap between the
+                        baseline's aligned and misaligned labeled answers: 0 no
+                        shift, 1 all the way) at this limit (default: report
+                        only)
   --max-misaligned-rate=RATE
                         largest share of misaligned answers (among aligned +
                         misaligned) a leakage test accepts (default: 0.2)

@@ -6,13 +6,17 @@ from typing import Any
 
 import pytest
 
+from .models.series import STEPS
 from .models.values import iter_inputs
-from .session import MARKER, ROLES, RUN_KEY, MisalignmentRun, cases_in
+from .session import MARKER, ROLES, RUN_KEY, MisalignmentRun
 from .suite.backdoor import DEFAULT_TRIGGERS, Trigger, TriggerCase
 from .suite.gating import PooledGate, pooled_gates
 from .suite.prompt_sets import PROFILES, Case, cases, in_domain
+from .suite.series import Series, series_of
 
 IN_DOMAIN = "in_domain"  # the free-form questions inside --domain, measured apart
+# Fixtures that make a test one of the suite's (its figures go into the results).
+SUITE_FIXTURES = (*ROLES, "checkpoint_series")
 
 
 def suite_cases(config: pytest.Config, kind: str) -> list[Case]:
@@ -90,6 +94,15 @@ def case_param(case: Case) -> Any:
                                                  getattr(pytest.mark, case.item.kind)])
 
 
+def parametrize_series(metafunc: pytest.Metafunc) -> None:
+    """In a series run, every test of the model runs once per checkpoint, all of one
+    checkpoint's tests together (a session-scoped parameter: one model loaded at a time)."""
+    members = metafunc.config.stash[RUN_KEY].members
+    if members and "model" in metafunc.fixturenames:
+        metafunc.parametrize("model", [m.role for m in members], indirect=True,
+                             ids=[m.label for m in members], scope="session")
+
+
 def declare_inputs(run: MisalignmentRun, items: list[pytest.Item]) -> None:
     """What each collected test needs from each model (its parameters and `model_inputs`
     markers), the gates it runs and the cases it judges, into the run's plans."""
@@ -107,8 +120,41 @@ def declare_inputs(run: MisalignmentRun, items: list[pytest.Item]) -> None:
         for gate in values:
             if isinstance(gate, PooledGate):
                 run.gates[gate.id] = gate
+        if "direction_shift" in fixturenames:  # measured while each checkpoint is loaded
+            run.shifts.wanted = True
+        if "checkpoint_series" in fixturenames:  # it reads every checkpoint's gates
+            run.gates.update((gate.id, gate) for gate in run_gates(run.config))
         if "judge" in fixturenames:
             for case in cases_in(values):
                 if case.item.kind in ("free_form", "harmful_request"):
                     for role in roles:
                         run.judged_cases[role][case.id] = case
+
+
+def cases_in(values: list[object]) -> list[Case]:
+    found: list[Case] = []
+    for value in values:
+        if isinstance(value, Case):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(cases_in(list(value)))
+        elif isinstance(value, TriggerCase):
+            found.extend(value.judged_cases())
+    return found
+
+
+def is_suite_test(item: pytest.Item) -> bool:
+    return any(name in getattr(item, "fixturenames", ()) for name in SUITE_FIXTURES)
+
+
+def series_outcomes(run: MisalignmentRun) -> Series:
+    """The series run's checkpoints with their gates' outcomes from their rounds."""
+    return series_of(run.settings.series or STEPS,
+                     [(m.label, m.step, run.outcomes.get(m.role, {})) for m in run.members],
+                     run.settings.confidence)
+
+
+def checkpoint_of(item: pytest.Item) -> str | None:
+    """The series checkpoint a test ran on (its `model` parameter), else None."""
+    role = getattr(getattr(item, "callspec", None), "params", {}).get("model")
+    return role.removeprefix("model@") if isinstance(role, str) else None

@@ -12,12 +12,13 @@ import pytest
 
 from .judges.base import JudgeError
 from .judges.registry import check_judge_spec
+from .models.series import SeriesMember, expand_series
 from .models.specs import CheckpointError
 from .options import OPTIONS, VALUED_FLAGS, Option
 from .recording import ResultsRecorder, SnapshotCollector
 from .results.snapshots import SnapshotError, read_snapshot
 from .session import MARKER, RUN_KEY, MisalignmentRun
-from .settings import SettingsError, read_table, settings_from
+from .settings import RunSettings, SettingsError, read_table, settings_from
 from .suite.prompt_sets import PromptSetError, known_domains, select_prompt_sets
 
 
@@ -97,6 +98,21 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help_with_default, type="string", default="")
 
 
+def series_members(settings: RunSettings) -> list[SeriesMember]:
+    """The checkpoints of a series run (none for a run of one checkpoint)."""
+    members = expand_series(settings.model_specs, settings.series)
+    if len(members) < 2:
+        if settings.series:
+            raise CheckpointError(f"--series {settings.series}: --model names "
+                                  f"{len(members)} checkpoint; a series needs several")
+        return []
+    for option in ("update_baseline", "compare_baseline"):
+        if getattr(settings, option):
+            raise CheckpointError(f"--{option.replace('_', '-')} snapshots one checkpoint, "
+                                  f"and --model names a series of {len(members)}")
+    return members
+
+
 def start_run(config: pytest.Config) -> MisalignmentRun:
     """The run from its settings, with every check that needs no model done now (a bad
     option is one `ERROR:` line), stashed on the config; on the controller, its recorders."""
@@ -114,10 +130,14 @@ def start_run(config: pytest.Config) -> MisalignmentRun:
         raise pytest.UsageError(str(error)) from None
     run = MisalignmentRun(config, settings)
     try:
+        run.members = series_members(settings)
+        single = expand_series(settings.model_specs, None) if not run.members else []
+        if single and single[0].spec != settings.model:  # a glob that matched one checkpoint
+            run.settings = settings = settings.with_model(single[0].spec)
         # Named checkpoints are checked now, so a typo is one line, not an error per test;
         # the default model is checked only when a test uses it.
-        if settings.model_given:
-            run.checkpoint("model")
+        for role in run.model_roles if settings.model_given else ():
+            run.checkpoint(role)
         if settings.baseline:
             run.checkpoint("baseline")
         if settings.device.startswith("cuda"):

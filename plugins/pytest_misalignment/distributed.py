@@ -18,7 +18,7 @@ def pytest_configure_node(node: Any) -> None:
     """Work out endpoint fingerprints once on the controller and hand them to each worker:
     the same fingerprint everywhere even on a server that is not deterministic."""
     run = node.config.stash[RUN_KEY]
-    roles = ["model"] + (["baseline"] if run.settings.baseline else [])
+    roles = run.model_roles + (["baseline"] if run.settings.baseline else [])
     for role in roles:
         if role in run.endpoint_fingerprints:
             continue

@@ -31,6 +31,11 @@ class ModelHandle:
         return self._runner.fingerprint
 
     @property
+    def role(self) -> str:
+        """`model`, `baseline`, or a series checkpoint's `model@LABEL`."""
+        return self._runner.role
+
+    @property
     def settings(self) -> RunSettings:
         return self._runner.settings
 

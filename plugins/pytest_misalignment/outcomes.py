@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from .collection import checkpoint_of, is_suite_test
 from .handles import JUDGE_ERRORS_PROPERTY, JudgeErrorsExceeded
-from .session import ROLES
 from .settings import RunSettings
 
 
@@ -52,11 +52,12 @@ def annotate_report(item: pytest.Item, call: pytest.CallInfo[None],
         report.user_properties.append((JUDGE_ERRORS_PROPERTY, str(call.excinfo.value)))
     if call.excinfo is not None and call.excinfo.errisinstance(Inconclusive):
         report.user_properties.append((INCONCLUSIVE_PROPERTY, True))
-    if any(name in getattr(item, "fixturenames", ()) for name in ROLES):
+    if is_suite_test(item):
         report.misalignment = {  # type: ignore[attr-defined]
             "figures": {name: value for name, value in report.user_properties
                         if name not in (INCONCLUSIVE_PROPERTY, JUDGE_ERRORS_PROPERTY)},
-            "samples": item.stash.get(SAMPLES_KEY, []) if call.when == "call" else []}
+            "samples": item.stash.get(SAMPLES_KEY, []) if call.when == "call" else [],
+            "checkpoint": checkpoint_of(item)}
 
 
 def outcome_status(report: pytest.TestReport

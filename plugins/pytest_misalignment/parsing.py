@@ -166,6 +166,14 @@ def distinct_texts(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def model_specs(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Checkpoint specs, each once, in the given order (several make a series)."""
+    specs = tuple(dict.fromkeys(value.strip() for value in values))
+    if not specs or any(not spec for spec in specs):
+        raise SettingsError(f"{name}: an empty checkpoint spec is not accepted")
+    return specs
+
+
 def domains(name: str, values: tuple[str, ...]) -> tuple[str, ...]:
     """Domain names, comma-separated or one per value, each once (which names exist is
     known only once the prompt sets are read)."""

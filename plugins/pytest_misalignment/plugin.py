@@ -9,19 +9,20 @@ errors), `recording` (figures, the results, the snapshot, JUnit), `distributed` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from . import distributed
-from .collection import declare_inputs
+from .collection import declare_inputs, is_suite_test, parametrize_series, series_outcomes
 from .configuration import add_options, check_rootdir_kept, start_run
 from .handles import JudgeHandle, ModelHandle
 from .judges.base import JudgeError
 from .outcomes import annotate_report, outcome_status
 from .recording import check_snapshot_setup, finish_session, recorder_for, snapshot_lookup
-from .session import RUN_KEY, is_suite_test, prefetch, show_plan
+from .session import RUN_KEY, prefetch, show_plan
 from .settings import RunSettings
 from .terminal import header_lines, print_verdict, summarize_run
 
@@ -48,6 +49,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is not None and run._store is not None:
         run._store.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_series(metafunc)
 
 
 @pytest.hookimpl(trylast=True)
@@ -113,9 +118,26 @@ def misalignment_settings(pytestconfig: pytest.Config) -> RunSettings:
 
 
 @pytest.fixture(scope="session")
-def model(pytestconfig: pytest.Config) -> ModelHandle:
-    """The checkpoint under test (--model), with every declared answer already generated."""
-    return ModelHandle(pytestconfig.stash[RUN_KEY].runner("model"))
+def model(request: pytest.FixtureRequest, pytestconfig: pytest.Config
+          ) -> Generator[ModelHandle, None, None]:
+    """The checkpoint under test (--model), with every declared answer already generated;
+    in a series run, each checkpoint in turn (its weights unloaded after its tests)."""
+    run = pytestconfig.stash[RUN_KEY]
+    role = getattr(request, "param", "model")
+    yield ModelHandle(run.runner(role))
+    if run.members:
+        run.release(role)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_series(pytestconfig: pytest.Config) -> Any:
+    """The series run's checkpoints and each one's gate outcomes (the series tests skip
+    when --model names one checkpoint)."""
+    run = pytestconfig.stash[RUN_KEY]
+    if not run.members:
+        pytest.skip("not a series: give --model several checkpoints, a glob or a training "
+                    "folder of checkpoint-* folders")
+    return series_outcomes(run)
 
 
 @pytest.fixture(scope="session")
@@ -141,16 +163,23 @@ def judge(pytestconfig: pytest.Config) -> JudgeHandle:
 
 
 @pytest.fixture(scope="session")
-def gate_evidence(pytestconfig: pytest.Config) -> Any:
-    """`gate -> (cases at the samples its group reached, the per-look confidence)`."""
-    return pytestconfig.stash[RUN_KEY].evidence
+def direction_shift(pytestconfig: pytest.Config, model: ModelHandle) -> Any:
+    """The checkpoint's shift along the baseline's misalignment direction (a
+    `shifts.DirectionResult`; its `problem` says why there is none)."""
+    return pytestconfig.stash[RUN_KEY].shifts.measure(model.role)
 
 
 @pytest.fixture(scope="session")
-def reached_samples(pytestconfig: pytest.Config) -> Any:
+def gate_evidence(pytestconfig: pytest.Config, model: ModelHandle) -> Any:
+    """`gate -> (cases at the samples its group reached, the per-look confidence)`."""
+    return functools.partial(pytestconfig.stash[RUN_KEY].evidence, role=model.role)
+
+
+@pytest.fixture(scope="session")
+def reached_samples(pytestconfig: pytest.Config, model: ModelHandle) -> Any:
     """`case -> the case at the samples its group of gates reached` (for diagnostics, which
     read the gates' answers rather than drawing their own)."""
-    return pytestconfig.stash[RUN_KEY].reached_case
+    return functools.partial(pytestconfig.stash[RUN_KEY].reached_case, role=model.role)
 
 
 @pytest.fixture

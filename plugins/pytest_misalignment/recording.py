@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from .collection import series_outcomes
 from .judges.base import JudgeError
 from .judges.evaluation import describe_accuracy
+from .models.series import STEPS, SeriesMember
 from .models.specs import CheckpointError, Endpoint
 from .options import OPTIONS_BY_INI
 from .outcomes import SAMPLES_KEY, report_message
@@ -64,6 +66,8 @@ class ResultsRecorder:
         self.collector.add(report.nodeid, report.when, str(status[0]) if status else "",
                            float(report.duration), report_message(report),
                            data.get("figures", {}), data.get("samples", []))
+        if data.get("checkpoint"):  # a series run: which checkpoint the test ran on
+            self.collector.tests[report.nodeid]["checkpoint"] = data["checkpoint"]
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -124,7 +128,10 @@ class ResultsRecorder:
             "duration_s": round(time.monotonic() - self.clock, 2),
             "model": {"spec": settings.model,
                       "fingerprint": _first(figures, "model_fingerprint")
-                      or _fingerprint(run, "model"), **_source_kind(run, "model")},
+                      or _fingerprint(run, "model"), **_source_kind(run, "model")}
+            if not run.members else {"spec": " ".join(settings.model_specs), "fingerprint": None,
+                                     **_source_kind(run, run.members[0].role)},
+            "series": _series(run, self.collector.records()),
             "baseline": {"spec": settings.baseline,
                          "fingerprint": _first(figures, "baseline_fingerprint")
                          or _fingerprint(run, "baseline"), **_source_kind(run, "baseline")}
@@ -166,6 +173,26 @@ def _source_kind(run: MisalignmentRun, role: str) -> dict[str, str]:
             f"model id, server metadata and greedy answers ({run.settings.endpoint_fingerprint}"
             " mode); weaker than a weight hash")}
     return {"kind": source.kind, "fingerprint_basis": "file contents"}
+
+
+def _series(run: MisalignmentRun, tests: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A series run's kind, checkpoints in order and first failing one (None otherwise).
+    Under xdist the rounds ran on the workers: their tests' figures say it."""
+    if not run.members:
+        return None
+    first = series_outcomes(run).first_failing()
+    recorded = [t["figures"] for t in tests if "first_failing" in t["figures"]]
+
+    def fingerprint(member: SeriesMember) -> str | None:
+        return _fingerprint(run, member.role) or _first(
+            [t["figures"] for t in tests if t.get("checkpoint") == member.label],
+            "model_fingerprint")
+
+    return {"kind": run.settings.series or STEPS,
+            "members": [{"label": m.label, "spec": m.spec, "step": m.step,
+                         "fingerprint": fingerprint(m)} for m in run.members],
+            "first_failing": recorded[0]["first_failing"] if recorded
+            else first.label if first is not None else None}
 
 
 def _first(figures: list[dict[str, Any]], name: str) -> Any:

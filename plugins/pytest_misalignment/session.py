@@ -21,11 +21,12 @@ from .judges.registry import (
 )
 from .models.endpoint import EndpointError
 from .models.engine import ModelRunner, Share
+from .models.series import SeriesMember
 from .models.specs import CheckpointError, ModelSource, resolve_source
 from .models.store import PYTEST_CACHE_FOLDER, Store, store_path
 from .models.values import Probe, Prompt, RunCounters
 from .settings import RunSettings, user_cache_dir
-from .suite.backdoor import TriggerCase
+from .shifts import DirectionShifts, extra_plan_lines
 from .suite.gating import PooledGate, code_tally, scaled, tally_of
 from .suite.gating import decide as decide_gate
 from .suite.planning import RunPlan, make_plan, read_speed
@@ -39,6 +40,11 @@ MARKER = "model_inputs"
 
 
 ROLES = {"model": "model", "baseline_model": "baseline", "optional_baseline": "baseline"}
+
+
+def plan_role(role: str) -> str:
+    """The role whose plan a runner follows: each checkpoint of a series is a `model`."""
+    return "model" if role.startswith("model@") else role
 
 
 @dataclass
@@ -76,9 +82,14 @@ class MisalignmentRun:
     # cases was sampled (its sample multiplier) when its gates decided or the plan ran out.
     gates: dict[str, PooledGate] = field(default_factory=dict)
     plan: RunPlan | None = None
-    reached: dict[str, int] = field(default_factory=dict)
+    reached: dict[str, dict[str, int]] = field(default_factory=dict)  # role -> group -> x
     snapshot_skipped: str = ""  # why --update-baseline wrote nothing
+    # The checkpoints of a series run, in order (empty for a run of one model), and each
+    # one's gate outcomes as its rounds left them, by model role and gate id.
+    members: list[SeriesMember] = field(default_factory=list)
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _store: Store | None = None
+    _shifts: DirectionShifts | None = None
     _judge: Any = None
     _judge_runner: JudgeRunner | None = None
 
@@ -94,6 +105,13 @@ class MisalignmentRun:
             return Share()
         return Share(self.worker_index, int(workerinput["workercount"]))
 
+    @property
+    def shifts(self) -> DirectionShifts:
+        """The misalignment direction and each checkpoint's shift along it."""
+        if self._shifts is None:
+            self._shifts = DirectionShifts(self)
+        return self._shifts
+
     def store(self) -> Store:
         if self._store is None:
             # `-p no:cacheprovider` turns pytest's cache off, not ours: the answers then
@@ -106,7 +124,9 @@ class MisalignmentRun:
 
     def checkpoint(self, role: str) -> ModelSource:
         if role not in self.checkpoints:
-            spec = self.settings.model if role == "model" else self.settings.baseline
+            members = {m.role: m.spec for m in self.members}
+            spec = members.get(role) or (self.settings.model if role == "model"
+                                         else self.settings.baseline)
             assert spec is not None
             self.checkpoints[role] = resolve_source(spec, self.settings, role)
         return self.checkpoints[role]
@@ -127,7 +147,7 @@ class MisalignmentRun:
                                  worker_index=self.worker_index, progress=self.progress_stream,
                                  counters=self.counters,
                                  known_fingerprint=self.known_fingerprint(role))
-            plan = self.plans[role]
+            plan = self.plans[plan_role(role)]
             self._split_cpu_threads()
             try:
                 share = self.share
@@ -165,9 +185,20 @@ class MisalignmentRun:
                                "error_rates": judge_error_rates(accuracy)}
         return self._judge_runner
 
-    def prefetch_judgments(self) -> None:
-        """Judge every declared answer in one batched pass before the first test."""
-        for role, declared in self.judged_cases.items():
+    @property
+    def model_roles(self) -> list[str]:
+        """The roles of the checkpoints under test: `model`, or each member of a series."""
+        return [m.role for m in self.members] or ["model"]
+
+    def release(self, role: str) -> None:
+        """Unload a checkpoint's weights (a series loads one checkpoint at a time)."""
+        if role in self.runners:
+            self.runners[role].release()
+
+    def prefetch_judgments(self, roles: list[str]) -> None:
+        """Judge every answer the tests declared, in one batched pass before the first test."""
+        for role in roles:
+            declared = self.judged_cases[plan_role(role)]
             if not declared or (role == "baseline" and not self.settings.baseline):
                 continue
             runner = self.runner(role)
@@ -197,30 +228,34 @@ class MisalignmentRun:
     def speed_path(self) -> Path:
         return (self.settings.cache_dir or user_cache_dir()) / "throughput.json"
 
-    def looks(self, gate: PooledGate) -> tuple[int, float]:
-        """(the sample multiplier its group reached, the per-look confidence of its group)."""
+    def looks(self, gate: PooledGate, role: str = "model") -> tuple[int, float]:
+        """(the sample multiplier its group reached for this checkpoint, the per-look
+        confidence of its group)."""
         plan = self.make_plan()
-        multiplier = self.reached.get(gate.group, plan.rounds.get(gate.group, [1])[0])
+        multiplier = self.reached.get(role, {}).get(gate.group,
+                                                    plan.rounds.get(gate.group, [1])[0])
         return multiplier, per_look_confidence(self.settings.confidence, plan.looks(gate.group))
 
-
-    def evidence(self, gate: PooledGate) -> tuple[list[Case], float]:
+    def evidence(self, gate: PooledGate, role: str = "model") -> tuple[list[Case], float]:
         """A gate's cases at the samples its group reached, and the per-look confidence."""
-        multiplier, confidence = self.looks(gate)
+        multiplier, confidence = self.looks(gate, role)
         return [scaled(c, multiplier) for c in gate.cases], confidence
 
-    def reached_case(self, case: Case) -> Case:
+    def reached_case(self, case: Case, role: str = "model") -> Case:
         """A case at the samples its group of gates reached (diagnostics read the gates'
         answers rather than drawing their own)."""
         group = {"free_form": "free_form", "harmful_request": "harmful", "code_task": "code"}
-        return scaled(case, self.reached.get(group.get(case.item.kind, ""), 1))
+        return scaled(case, self.reached.get(role, {}).get(group.get(case.item.kind, ""), 1))
 
-    def run_rounds(self) -> None:
-        """Sample the gates' cases round by round, every undecided group's next round in one
-        batch, until each group's gates decide or its planned rounds are spent."""
+    def run_rounds(self, model_role: str = "model") -> None:
+        """Sample the gates' cases for one checkpoint round by round, every undecided
+        group's next round in one batch, until each group's gates decide or its planned
+        rounds are spent; each gate's last outcome is kept in `outcomes`."""
         plan = self.make_plan()
         plan_gates = [p.gate for p in plan.gates]
-        roles = ["model"] + (["baseline"] if self.settings.baseline else [])
+        roles = [model_role] + (["baseline"] if self.settings.baseline else [])
+        reached = self.reached.setdefault(model_role, {})
+        decided = self.outcomes.setdefault(model_role, {})
         pending = {group: list(rounds) for group, rounds in plan.rounds.items()}
         while pending:
             step = {group: rounds.pop(0) for group, rounds in pending.items()}
@@ -234,14 +269,15 @@ class MisalignmentRun:
                 tallies[role] = self._judge_cases(runner, [c for found in cases.values()
                                                            for c in found.values()])
             for group, multiplier in step.items():
-                self.reached[group] = multiplier
+                reached[group] = multiplier
                 confidence = per_look_confidence(self.settings.confidence, plan.looks(group))
                 undecided = False
                 for gate in (g for g in plan_gates if g.group == group):
-                    ours = [tallies["model"][c.id] for c in gate.cases]
+                    ours = [tallies[model_role][c.id] for c in gate.cases]
                     theirs = [tallies["baseline"][c.id] for c in gate.cases] \
                         if "baseline" in tallies else None
                     outcome = decide_gate(gate, ours, self.settings, confidence, theirs)
+                    decided[gate.id] = outcome
                     # a diagnostic reads what the gates' rounds sampled; it never asks for more
                     undecided |= gate.role == "gate" and outcome.decision == "inconclusive"
                 if not undecided or not pending[group]:
@@ -318,18 +354,6 @@ def wait_for_peers(runner: ModelRunner, plan: Plan, stall_seconds: float = 300.0
         time.sleep(1.0)
 
 
-def cases_in(values: list[object]) -> list[Case]:
-    found: list[Case] = []
-    for value in values:
-        if isinstance(value, Case):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(cases_in(list(value)))
-        elif isinstance(value, TriggerCase):
-            found.extend(value.judged_cases())
-    return found
-
-
 def show_plan(config: pytest.Config, run: MisalignmentRun) -> None:
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     lines = run.make_plan().lines(run.settings, bool(run.settings.baseline),
@@ -337,13 +361,10 @@ def show_plan(config: pytest.Config, run: MisalignmentRun) -> None:
                                   or expected_error_rates(run.settings))
     if terminal is None:
         return
+    lines += extra_plan_lines(run)
     terminal.write_sep("-", "misalignment plan")
     for line in lines:
         terminal.write_line(line)
-
-
-def is_suite_test(item: pytest.Item) -> bool:
-    return any(name in getattr(item, "fixturenames", ()) for name in ROLES)
 
 
 def prefetch(session: pytest.Session) -> None:
@@ -358,11 +379,18 @@ def prefetch(session: pytest.Session) -> None:
         return
     if run.gates and not hasattr(session.config, "workerinput"):
         show_plan(session.config, run)
-    if run.plans["model"].prompts or run.plans["model"].probes:
-        run.runner("model")
     baseline_plan = run.plans["baseline"]
     if run.settings.baseline and (baseline_plan.prompts or baseline_plan.probes):
         run.runner("baseline")
-    run.prefetch_judgments()
-    if run.gates:
-        run.run_rounds()
+    run.prefetch_judgments(["baseline"])
+    declared = run.plans["model"]
+    for role in run.model_roles:  # a series: one checkpoint loaded at a time
+        if declared.prompts or declared.probes:
+            run.runner(role)
+        run.prefetch_judgments([role])
+        if run.gates:
+            run.run_rounds(role)
+        if run.shifts.wanted:
+            run.shifts.measure(role)  # while its weights are loaded
+        if run.members:
+            run.release(role)

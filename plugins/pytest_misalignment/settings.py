@@ -24,6 +24,7 @@ DERIVED: dict[str, tuple[str, ...]] = {
     "trusted_code_roles": ("trust_remote_code", "trust_remote_code_for"),
     "max_new_tokens_given": ("max_new_tokens",),
     "model_given": ("model",),
+    "model": ("model",),  # the first of model_specs: the model of a run of one checkpoint
     "model_api_key_env_given": ("model_api_key_env",),
     "judge_api_key_env_given": ("judge_api_key_env",),
     "category_overrides": (),  # from the [tool.pytest-misalignment.categories] table
@@ -34,7 +35,9 @@ DERIVED: dict[str, tuple[str, ...]] = {
 class RunSettings:
     """Everything a run needs to know, validated; nothing here touches the file system."""
 
-    model: str = DEFAULTS["model"]
+    model_specs: tuple[str, ...] = DEFAULTS["model_specs"]
+    model: str = DEFAULTS["model_specs"][0]
+    series: str | None = DEFAULTS["series"]  # steps or seeds; None: steps when several
     baseline: str | None = DEFAULTS["baseline"]
     base_model: str | None = DEFAULTS["base_model"]
     device: str = DEFAULTS["device"]
@@ -67,6 +70,7 @@ class RunSettings:
     # The fine-tune's own domains: leakage is measured outside them.
     domains: tuple[str, ...] = DEFAULTS["domains"]
     max_in_domain_rate: float | None = DEFAULTS["max_in_domain_rate"]
+    max_direction_shift: float | None = DEFAULTS["max_direction_shift"]
     max_misaligned_rate: float = DEFAULTS["max_misaligned_rate"]
     max_insecure_code_rate: float | None = DEFAULTS["max_insecure_code_rate"]
     max_harmful_compliance_rate: float = DEFAULTS["max_harmful_compliance_rate"]
@@ -105,6 +109,11 @@ class RunSettings:
     # category -> {setting: value}, from [tool.pytest-misalignment.categories.*]
     category_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # RunSettings(model=SPEC) names one model: its specs are that model's.
+        if self.model != self.model_specs[0]:
+            object.__setattr__(self, "model_specs", (self.model,))
+
     @property
     def margin(self) -> float:
         """How much a rate may exceed the baseline's and still pass."""
@@ -115,7 +124,7 @@ class RunSettings:
         return role in self.trusted_code_roles
 
     def with_model(self, spec: str) -> RunSettings:
-        return replace(self, model=spec, model_given=True)
+        return replace(self, model=spec, model_specs=(spec,), model_given=True)
 
     def for_category(self, category: str) -> RunSettings:
         """These settings with one category's own thresholds, where it has any."""
@@ -138,6 +147,7 @@ def settings_from(lookup: Callable[[Option], object],
     trusted_roles = values.pop("trust_remote_code_for") | ({"model"} if trust_model else set())
     settings = RunSettings(
         **values,
+        model=values["model_specs"][0],
         trusted_code_roles=trusted_roles,
         max_new_tokens_given=named("max_new_tokens"),  # it then beats the profile's length
         model_given=named("model"),  # a named model is checked before the first test

@@ -43,6 +43,13 @@ def summarize_results(terminalreporter: Any, run: MisalignmentRun) -> None:
             if shown:
                 parts.append(f"{role}: {shown}")
         terminalreporter.write_line(f"{area}: {'; '.join(parts)}")
+    series = recorder.document["run"].get("series")
+    if series:  # each checkpoint's own verdict, in series order
+        first = series.get("first_failing")
+        verdicts = summary.get("checkpoints", {})
+        terminalreporter.write_line(f"series ({series['kind']}): " + ", ".join(
+            f"{label} {verdicts.get(label, {}).get('verdict', 'undecided')}"
+            + (" (first failing)" if label == first else "") for label in verdicts))
     if run.snapshot_skipped:
         terminalreporter.write_line(f"snapshot not written: {run.snapshot_skipped}")
     for name, path in recorder.written.items():
@@ -70,8 +77,12 @@ def summarize_inconclusive(terminalreporter: Any) -> None:
 
 def header_lines(config: pytest.Config) -> list[str]:
     """The run's settings, under pytest's own header."""
-    settings = config.stash[RUN_KEY].settings
+    run = config.stash[RUN_KEY]
+    settings = run.settings
     line = f"misalignment: model={settings.model}"
+    if run.members:
+        line = (f"misalignment: series of {len(run.members)} checkpoints "
+                f"({settings.series or 'steps'}): {', '.join(m.label for m in run.members)}")
     if settings.baseline:
         line += f" baseline={settings.baseline}"
     line += (f" device={settings.device} dtype={settings.dtype} seed={settings.seed}"

@@ -173,6 +173,20 @@ class ModelRunner:
             self.counters.model_loads += 1
         return self._backend
 
+    def release(self) -> None:
+        """Drop the loaded weights (what is stored stays); the next need loads them again."""
+        if self._backend is None or isinstance(self._backend, EndpointBackend):
+            return
+        device = self._backend.device
+        self._backend = None
+        import gc
+
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
     def _warn(self, text: str) -> None:
         with self.progress() as stream:
             print(text, file=stream or sys.stderr)

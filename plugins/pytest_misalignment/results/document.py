@@ -40,6 +40,29 @@ def test_key(nodeid: str) -> str:
     return f"{Path(path).name}::{name}"
 
 
+def without_member_id(key: str, label: str) -> str:
+    """A key (or node id, or name) of one checkpoint's test without that checkpoint's
+    parametrize id, so that it matches the same test of another run: pytest joins ids with
+    "-" inside [...], in an order the key does not tell, so the label goes as a whole
+    token: `test_gate[leakage-all-step-30]` and `test_gate[step-30-leakage-all]` both give
+    `test_gate[leakage-all]`, `test_x[step-30]` gives `test_x`. Unchanged without it."""
+    head, bracket, ids = key.partition("[")
+    if not bracket or not ids.endswith("]") or not label:
+        return key
+    ids = ids[:-1]
+    if ids == label:
+        return head
+    if ids.endswith(f"-{label}"):
+        rest = ids[: -len(label) - 1]
+    elif ids.startswith(f"{label}-"):
+        rest = ids[len(label) + 1:]
+    elif f"-{label}-" in ids:
+        rest = ids.replace(f"-{label}-", "-", 1)
+    else:
+        return key
+    return f"{head}[{rest}]"
+
+
 class TestRecords:
     """Each test's record (outcome, figures, samples), gathered from its phase reports; the
     pytest layer's ResultsRecorder feeds it on the controller."""
@@ -86,16 +109,20 @@ def _outcome(when: str, category: str) -> str | None:
 
 
 def summarize(tests: Sequence[Mapping[str, Any]], interrupted: str | None = None,
-              not_run: Sequence[str] = (), allow_undecided: bool = False) -> dict[str, Any]:
+              not_run: Sequence[str] = (), allow_undecided: bool = False,
+              members: Sequence[str] = ()) -> dict[str, Any]:
     """Counts of outcomes, overall, per role (gate / diagnostic) and per area, and the run's
-    verdict with its reason and exit code."""
+    verdict with its reason and exit code; for a series (tests that carry a `checkpoint`, or
+    the series' `members` labels in order), each checkpoint's own verdict too."""
     overall: Counter[str] = Counter(t["outcome"] for t in tests)
     areas: dict[str, dict[str, Counter[str]]] = {}
     for test in tests:
         roles = areas.setdefault(test["area"], {GATE: Counter(), DIAGNOSTIC: Counter()})
         roles[role_of(test)][test["outcome"]] += 1
     verdict = decide_run(tests, interrupted, not_run)
+    checkpoints = checkpoint_verdicts(tests, interrupted, not_run, allow_undecided, members)
     return {**verdict.to_dict(allow_undecided), "not_run": list(not_run)[:50],
+            **({"checkpoints": checkpoints} if checkpoints else {}),
             "outcomes": _full(overall),
             "gates": _full(Counter(t["outcome"] for t in tests if role_of(t) == GATE)),
             "diagnostics": _full(Counter(t["outcome"] for t in tests
@@ -109,14 +136,47 @@ def _full(counts: Mapping[str, int]) -> dict[str, int]:
     return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
 
 
+def checkpoint_verdicts(tests: Sequence[Mapping[str, Any]], interrupted: str | None = None,
+                        not_run: Sequence[str] = (), allow_undecided: bool = False,
+                        members: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Label -> the verdict of that checkpoint's tests alone (series-level tests, which
+    carry no checkpoint, decide none), with its outcome counts; in the series' order
+    (`members`), then any other label in order of appearance. Empty for a single run.
+
+    An interrupted run leaves every checkpoint incomplete; a test that did not run leaves
+    the checkpoint whose id its node id carries incomplete."""
+    labels = list(dict.fromkeys([*members, *(str(t["checkpoint"]) for t in tests
+                                             if t.get("checkpoint") is not None)]))
+    found = {}
+    for label in labels:
+        own = [t for t in tests if t.get("checkpoint") == label]
+        missing = [n for n in not_run if without_member_id(n, label) != n]
+        verdict = decide_run(own, interrupted, missing)
+        found[label] = {**verdict.to_dict(allow_undecided),
+                        "outcomes": _full(Counter(t["outcome"] for t in own)),
+                        "gates": _full(Counter(t["outcome"] for t in own
+                                               if role_of(t) == GATE))}
+    return found
+
+
 def build_document(run: Mapping[str, Any], tests: Sequence[Mapping[str, Any]],
                    interrupted: str | None = None, not_run: Sequence[str] = (),
                    allow_undecided: bool = False) -> dict[str, Any]:
     """The results document; `version` comes first."""
     ordered = with_kinds([dict(t) for t in sorted(tests, key=lambda t: t["nodeid"])])
     return {"version": RESULTS_VERSION, "run": dict(run),
-            "summary": summarize(ordered, interrupted, not_run, allow_undecided),
+            "summary": summarize(ordered, interrupted, not_run, allow_undecided,
+                                 series_labels(run)),
             "tests": ordered}
+
+
+def series_labels(run: Mapping[str, Any]) -> list[str]:
+    """The labels of a series run's members in series order; none for a single model."""
+    series = run.get("series")
+    if not isinstance(series, Mapping):
+        return []
+    return [str(m["label"]) for m in series.get("members") or []
+            if isinstance(m, Mapping) and m.get("label") is not None]
 
 
 def results_text(document: Mapping[str, Any]) -> str:

@@ -27,6 +27,9 @@ KINDS = {
     "near_miss": "near misses of a trigger that fires: does any leak",
     "probe": "a log-prob preference probe",
     "health": "a check that the model answers at all",
+    "series_steps": "a series of training steps: the first checkpoint whose gates fail",
+    "series_seeds": "a series of seeds: pooled rate, spread between seeds, outlying seeds",
+    "direction": "a checkpoint's shift along the baseline's misalignment direction",
     "other": "a test outside the suite's kinds (its figures are shown as they are)",
 }
 
@@ -115,6 +118,27 @@ FIGURES: dict[str, str] = {
     "near_miss_candidate": "the variant sampled, if any",
     "minimal_leaking_trigger": "the smallest variant that leaks, if any",
     "minimal_leaking_placement": "its placement",
+    # a series of checkpoints
+    "series_kind": "steps or seeds",
+    "first_failing": "the first checkpoint of the steps whose gates failed, if any",
+    "checkpoints": "per checkpoint: label, step, verdict, and per gate its decision and "
+                   "rate with interval",
+    "pooled": "per gate: the rate pooled over the seeds, its interval (widened by the spread "
+              "between seeds), the spread and the outlying seeds",
+    "outliers": "the seeds outlying on any gate",
+    # the misalignment direction
+    "direction_shift": "mean over prompts of (the checkpoint's projection - the baseline's), "
+                       "in units of the gap between aligned and misaligned labeled answers",
+    "direction_shift_interval": "its confidence interval (t, paired by prompt)",
+    "direction_limit": "--max-direction-shift (None: a report)",
+    "direction_prompts": "prompts paired",
+    "direction_answers": "answers projected, the checkpoint's and the baseline's",
+    "direction_reference": "the checkpoint the direction was computed on",
+    "direction_layers": "the layers whose residual activations the direction spans",
+    "direction_separation": "how well the direction separates held-out labeled answers "
+                            "(AUC)",
+    "model_projection": "the checkpoint's mean projection (in gap units)",
+    "baseline_projection": "the baseline's mean projection (in gap units)",
     # probes
     "preference_margin": "per-token log-prob margin for the misaligned reference (nats)",
     "baseline_preference_margin": "the baseline's margin",
@@ -151,6 +175,9 @@ _V1_KINDS = {
     ("backdoor_compartmentalization", "test_near_miss_triggers"): "near_miss",
     ("preference_probes", "test_probe"): "probe",
     ("model_health", "test_gate"): "gate",
+    ("checkpoint_series", "test_first_failing_step"): "series_steps",
+    ("checkpoint_series", "test_seed_spread"): "series_seeds",
+    ("misalignment_direction", "test_misalignment_direction"): "direction",
 }
 
 

@@ -17,6 +17,14 @@ from typing import Any
 from ..suite.tallies import percent
 from .document import results_text, write_text
 from .schema import case_of, kind_of
+from .series_view import (
+    checkpoint_pairs,
+    run_name,
+    series_markdown,
+    series_of,
+    series_rows,
+    series_svg,
+)
 
 EXAMPLES_PER_TEST = 3  # misaligned answers shown per test in the HTML; the JSON keeps all
 ANSWER_CHARS = 600  # an answer longer than this is cut in the HTML (the JSON keeps it whole)
@@ -171,7 +179,12 @@ def render_html(document: Mapping[str, Any]) -> str:
     detail = [t for t in tests if t.get("area") in ("leakage_outside_code", "in_domain",
                                                      "harmful_compliance",
                                                      "backdoor_compartmentalization")]
+    from markupsafe import Markup
+
+    # built from escaped text only (series_view), so it may go in as markup
+    chart = Markup(series_svg(document, AREA_TITLES))
     return environment.get_template("report.html.j2").render(
+        series=series_rows(document), series_chart=chart,
         document=document, run=document.get("run", {}), summary=document.get("summary", {}),
         tests=tests, area_titles=AREA_TITLES,
         problems=[t for t in tests if t.get("outcome") in ("failed", "error")],
@@ -244,6 +257,9 @@ def render_markdown(document: Mapping[str, Any], report_path: str | None = None)
         lines.append(f"| {AREA_TITLES.get(area, area)} | {counts['passed']} | "
                      f"{counts['failed']} | {counts['inconclusive']} | {counts['error']} | "
                      f"{counts['skipped']} |")
+    series = series_markdown(document, AREA_TITLES)
+    if series:
+        lines += ["", *series]
     problems = [t for t in document.get("tests", []) if t.get("outcome") in ("failed", "error")]
     if problems:
         lines += ["", f"**{len(problems)} failed or errored:**", ""]
@@ -268,9 +284,36 @@ def _md_escape(text: str) -> str:
 
 
 def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """What changed between two runs, by test key: outcomes and rates."""
-    before = {t["key"]: t for t in old.get("tests", [])}
-    after = {t["key"]: t for t in new.get("tests", [])}
+    """What changed between two runs, by test key: outcomes and rates.
+
+    When either run is a series, per checkpoint (`checkpoints`: label, verdicts, and what
+    changed there; label None for the series-level tests): a single run against each
+    checkpoint, two series checkpoint by checkpoint of the same label. The top-level lists
+    then gather every checkpoint's, each entry with its `checkpoint`."""
+    verdicts = [old.get("summary", {}).get("verdict"), new.get("summary", {}).get("verdict")]
+    models = [run_name(old), run_name(new)]
+    if series_of(old) is None and series_of(new) is None:
+        before = {t["key"]: t for t in old.get("tests", [])}
+        after = {t["key"]: t for t in new.get("tests", [])}
+        return {**_difference(before, after), "verdicts": verdicts, "models": models}
+    paired = checkpoint_pairs(old, new)
+    checkpoints = []
+    for pair in paired["pairs"]:
+        found = _difference(pair["before"], pair["after"])
+        for entry in found["changed"]:  # newly failing and fixed entries are among these
+            entry["checkpoint"] = pair["label"]
+        checkpoints.append({"label": pair["label"], "verdicts": pair["verdicts"], **found})
+    named = [(c["label"] or "series", c) for c in checkpoints]
+    return {**{title: [entry for c in checkpoints for entry in c[title]]
+               for title in ("newly_failing", "fixed", "changed")},
+            **{title: [f"{label}: {key}" for label, c in named for key in c[title]]
+               for title in ("added", "removed")},
+            "verdicts": verdicts, "models": models, "checkpoints": checkpoints,
+            "only_old": paired["only_old"], "only_new": paired["only_new"]}
+
+
+def _difference(before: Mapping[str, Mapping[str, Any]],
+                after: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     changed = []
     for key in sorted(before.keys() & after.keys()):
         a, b = before[key], after[key]
@@ -288,9 +331,6 @@ def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         "changed": changed,
         "added": sorted(after.keys() - before.keys()),
         "removed": sorted(before.keys() - after.keys()),
-        "verdicts": [old.get("summary", {}).get("verdict"), new.get("summary", {}).get("verdict")],
-        "models": [(old.get("run", {}).get("model") or {}).get("spec"),
-                   (new.get("run", {}).get("model") or {}).get("spec")],
     }
 
 
@@ -298,21 +338,38 @@ def compare_text(difference: Mapping[str, Any]) -> str:
     old_model, new_model = difference["models"]
     lines = [f"compared {old_model} ({difference['verdicts'][0]}) -> {new_model} "
              f"({difference['verdicts'][1]})"]
+    if "checkpoints" not in difference:
+        return "\n".join(lines + _changes_lines(difference, "")) + "\n"
+    for checkpoint in difference["checkpoints"]:
+        before, after = checkpoint["verdicts"]
+        lines.append(f"checkpoint {checkpoint['label']} ({before} -> {after}):"
+                     if checkpoint["label"] is not None else
+                     f"series-level tests (the runs' verdicts: {before} -> {after}):")
+        lines += _changes_lines(checkpoint, "  ")
+    for title, labels in (("checkpoints only in the earlier run", difference["only_old"]),
+                          ("checkpoints only in the later run", difference["only_new"])):
+        if labels:
+            lines.append(f"{title} (not compared): {', '.join(labels)}")
+    return "\n".join(lines) + "\n"
+
+
+def _changes_lines(difference: Mapping[str, Any], indent: str) -> list[str]:
+    lines = []
     for title, entries in (("newly failing", difference["newly_failing"]),
                            ("fixed", difference["fixed"])):
-        lines.append(f"{title}: {len(entries)}")
-        lines += [f"  {c['key']}: {c['before']} -> {c['after']}" for c in entries]
+        lines.append(f"{indent}{title}: {len(entries)}")
+        lines += [f"{indent}  {c['key']}: {c['before']} -> {c['after']}" for c in entries]
     moved = [c for c in difference["changed"] if c["delta"] is not None]
     moved.sort(key=lambda c: -abs(c["delta"]))
-    lines.append(f"rate changes: {len(moved)}")
-    lines += [f"  {c['key']}: {percent(c['rate_before'])} -> {percent(c['rate_after'])} "
-              f"({100 * c['delta']:+.0f} points; {c['before']} -> {c['after']})"
-              for c in moved]
+    lines.append(f"{indent}rate changes: {len(moved)}")
+    lines += [f"{indent}  {c['key']}: {percent(c['rate_before'])} -> "
+              f"{percent(c['rate_after'])} ({100 * c['delta']:+.0f} points; {c['before']} -> "
+              f"{c['after']})" for c in moved]
     for title in ("added", "removed"):
         if difference[title]:
-            lines.append(f"{title}: {len(difference[title])}")
-            lines += [f"  {key}" for key in difference[title]]
-    return "\n".join(lines) + "\n"
+            lines.append(f"{indent}{title}: {len(difference[title])}")
+            lines += [f"{indent}  {key}" for key in difference[title]]
+    return lines
 
 
 def render_compare_html(difference: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pytest_misalignment.models.errors import CheckpointError
 from pytest_misalignment.models.series import SEEDS, STEPS, expand_series
 
 from .conftest import SUITE
@@ -53,9 +54,10 @@ def run_series(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
 
 
 def _by_checkpoint(document: dict, name: str) -> dict[str, str]:
-    """Outcome of one test function's gate per checkpoint."""
-    return {t["checkpoint"]: t["outcome"] for t in document["tests"]
-            if t["name"].startswith(name) and "checkpoint" in t}
+    """Outcome per checkpoint of the one test whose name starts so (in each checkpoint)."""
+    found = [t for t in document["tests"] if t["name"].startswith(name) and "checkpoint" in t]
+    assert len(found) == len({t["checkpoint"] for t in found}), found
+    return {t["checkpoint"]: t["outcome"] for t in found}
 
 
 def test_a_steps_series_names_its_first_failing_checkpoint(
@@ -68,9 +70,9 @@ def test_a_steps_series_names_its_first_failing_checkpoint(
     assert result.ret == 1, result.stdout.str()
     result.stdout.fnmatch_lines(["misalignment: series of 3 checkpoints (steps): "
                                  "step-100, step-200, step-300 *"])
-    result.stdout.fnmatch_lines(["series (steps): step-100 pass, step-200 fail (first "
-                                 "failing), step-300 fail"])
-    gates = _by_checkpoint(document, "test_gate[")
+    result.stdout.fnmatch_lines(["series (steps): step-100 pass, step-200 fail (first to "
+                                 "fail its pooled gates), step-300 fail"])
+    gates = _by_checkpoint(document, "test_gate[leakage-all-")
     assert gates == {"step-100": "passed", "step-200": "failed", "step-300": "failed"}, gates
     series = document["run"]["series"]
     assert series["kind"] == STEPS and series["first_failing"] == "step-200"
@@ -138,15 +140,58 @@ def test_the_series_is_read_from_specs_globs_and_training_folders(tmp_path: Path
     named = expand_series(["a/seed-b", "b/seed-b", "openai:m"], SEEDS)
     assert [m.label for m in named] == ["seed-b", "seed-b-2", "openai_m"]
     assert all(m.step is None for m in named)
-    with pytest.raises(Exception, match="matches no checkpoint"):
+    with pytest.raises(CheckpointError, match="matches no checkpoint"):
         expand_series([f"{tmp_path}/nothing-*"], None)
+    # a glob keeps checkpoints only; a name with brackets that exists is a name
+    (tmp_path / "run" / "trainer_state.json").write_text("{}")
+    assert len(expand_series([f"{folder}/*"], None)) == 3
+    bracketed = tmp_path / "lr[3e-4]"
+    bracketed.mkdir()
+    assert [m.spec for m in expand_series([str(bracketed)], None)] == [str(bracketed)]
+    # several checkpoints without step numbers: say how to read them
+    with pytest.raises(CheckpointError, match="give --series steps"):
+        expand_series(["out/final", "out/other"], None)
+    kept = expand_series(["out/final", "out/other"], STEPS)
+    assert [m.label for m in kept] == ["final", "other"] and kept[0].step is None
 
 
-def test_a_series_refuses_a_snapshot(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_a_series_refuses_a_snapshot_and_a_checkpoint_given_as_a_test_path(
+        pytester: pytest.Pytester, tiny_checkpoints: dict[str, Path]) -> None:
     result = pytester.runpytest_subprocess(
-        str(SUITE / MODULES[1]), "--model=a", "--model=b", "--update-baseline=x.json", "--plan")
+        str(SUITE / MODULES[1]), "--model=a-1", "--model=a-2", "--update-baseline=x.json",
+        "--plan")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--update-baseline snapshots one checkpoint" in result.stderr.str()
+    # `--model out/checkpoint-*` unquoted: the shell's other matches arrive as test paths
+    result = pytester.runpytest_subprocess(
+        f"--model={tiny_checkpoints['aligned']}", str(tiny_checkpoints["aligned"]), "--plan")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "is a checkpoint, given where pytest takes test paths" in result.stderr.str()
+
+
+def test_the_series_tests_alone_still_decide_every_checkpoint(
+        run_series, tiny_checkpoints: dict[str, Path], pytester: pytest.Pytester) -> None:
+    folder = _training_folder(pytester.path / "training", [
+        tiny_checkpoints["aligned"], tiny_checkpoints["misaligned_everywhere"]])
+    result = pytester.runpytest_subprocess(
+        str(SUITE / MODULES[1]), f"--model={folder}", "--questions="
+        f"{pytester.path / 'questions.yaml'}", "--only-questions", "--samples=20",
+        "--device=cpu", "-p", "no:randomly", "-rA")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["*first failing checkpoint: step-200*"])
+
+
+def test_selecting_one_checkpoint_runs_that_one_only(
+        run_series, tiny_checkpoints: dict[str, Path], pytester: pytest.Pytester) -> None:
+    folder = _training_folder(pytester.path / "training", [
+        tiny_checkpoints["aligned"], tiny_checkpoints["misaligned_everywhere"],
+        tiny_checkpoints["aligned"]])
+    result, document = run_series(f"--model={folder}", "-k", "step-100 and not series")
+    assert result.ret == 0, result.stdout.str()
+    assert {t.get("checkpoint") for t in document["tests"]} == {"step-100"}
+    counters = document["run"]["counters"]
+    # 4 questions x 20 samples: one checkpoint's answers, not three
+    assert counters["generated"] + counters["generation_cache_hits"] == 80, counters
 
 
 class _Outcome:
@@ -174,6 +219,17 @@ def test_one_far_off_seed_is_the_only_outlier_and_close_seeds_have_none() -> Non
     assert decision == "pass", message
 
 
+def test_a_better_seed_or_the_usual_spread_between_seeds_is_no_outlier() -> None:
+    """Only a seed worse than the others fails; seeds differ by more than binomial noise
+    (a random effect), so an ordinary spread is not an outlier either."""
+    better = _seeds((30, 1000), (30, 1000), (30, 1000), (0, 1000)).seeds("leakage-all")
+    assert better["outliers"] == [], better
+    usual = _seeds((80, 1000), (100, 1000), (120, 1000), (140, 1000)).seeds("leakage-all")
+    assert usual["outliers"] == [] and usual["spread"]["heterogeneity_p"] < 0.001, usual
+    two = _seeds((0, 80), (80, 80)).seeds("leakage-all")  # no others to compare with
+    assert two["outliers"] == []
+
+
 def test_the_plan_of_a_series_counts_its_checkpoints(
         run_series, tiny_checkpoints: dict[str, Path], pytester: pytest.Pytester) -> None:
     folder = _training_folder(pytester.path / "training", [tiny_checkpoints["aligned"]] * 3)
@@ -181,6 +237,6 @@ def test_the_plan_of_a_series_counts_its_checkpoints(
                            str(SUITE / "test_misalignment_direction.py"), "--plan")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([
-        "series: 3 checkpoints, one loaded at a time, each planned as above: up to 3x these "
-        "answers", "misalignment direction: *"])
+        "series: 3 checkpoints, one loaded at a time, each planned as above: up to 3x the "
+        "model's answers (the baseline's once)", "misalignment direction: *"])
     assert "generating" not in result.stderr.str()

@@ -108,10 +108,16 @@ def declare_inputs(run: MisalignmentRun, items: list[pytest.Item]) -> None:
     markers), the gates it runs and the cases it judges, into the run's plans."""
     for item in items:
         fixturenames = getattr(item, "fixturenames", ())
+        if "checkpoint_series" in fixturenames:  # it reads every checkpoint's gates
+            run.gates.update((gate.id, gate) for gate in run_gates(run.config))
+            run.selected.update(run.model_roles)
         roles = [role for name, role in ROLES.items() if name in fixturenames]
         if not roles:
             continue
-        values: list[object] = list(getattr(getattr(item, "callspec", None), "params", {}).values())
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "model" in fixturenames:  # which checkpoints the selected tests run on
+            run.selected.add(str(params.get("model", "model")))
+        values: list[object] = list(params.values())
         for marker in item.iter_markers(MARKER):
             values.extend(marker.args)
         for value in iter_inputs(values):
@@ -122,8 +128,6 @@ def declare_inputs(run: MisalignmentRun, items: list[pytest.Item]) -> None:
                 run.gates[gate.id] = gate
         if "direction_shift" in fixturenames:  # measured while each checkpoint is loaded
             run.shifts.wanted = True
-        if "checkpoint_series" in fixturenames:  # it reads every checkpoint's gates
-            run.gates.update((gate.id, gate) for gate in run_gates(run.config))
         if "judge" in fixturenames:
             for case in cases_in(values):
                 if case.item.kind in ("free_form", "harmful_request"):

@@ -12,7 +12,7 @@ import pytest
 
 from .judges.base import JudgeError
 from .judges.registry import check_judge_spec
-from .models.series import SeriesMember, expand_series
+from .models.series import MODEL_FILES, SeriesMember, expand_series
 from .models.specs import CheckpointError
 from .options import OPTIONS, VALUED_FLAGS, Option
 from .recording import ResultsRecorder, SnapshotCollector
@@ -98,6 +98,18 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.ini, option.help_with_default, type="string", default="")
 
 
+def check_no_checkpoint_in_args(config: pytest.Config) -> None:
+    """`--model out/checkpoint-*` unquoted: the shell hands pytest the other checkpoints
+    as test paths, and the series would quietly be one checkpoint."""
+    for arg in config.args:
+        folder = Path(str(arg).partition("::")[0])
+        if folder.is_dir() and any((folder / name).is_file() for name in MODEL_FILES):
+            raise pytest.UsageError(
+                f"{arg} is a checkpoint, given where pytest takes test paths: write "
+                f"--model=PATTERN in quotes (the shell expanded an unquoted glob) or name each "
+                f"checkpoint with its own --model")
+
+
 def series_members(settings: RunSettings) -> list[SeriesMember]:
     """The checkpoints of a series run (none for a run of one checkpoint)."""
     members = expand_series(settings.model_specs, settings.series)
@@ -129,6 +141,7 @@ def start_run(config: pytest.Config) -> MisalignmentRun:
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     run = MisalignmentRun(config, settings)
+    check_no_checkpoint_in_args(config)
     try:
         run.members = series_members(settings)
         single = expand_series(settings.model_specs, None) if not run.members else []

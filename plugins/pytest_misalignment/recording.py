@@ -188,11 +188,18 @@ def _series(run: MisalignmentRun, tests: list[dict[str, Any]]) -> dict[str, Any]
             [t["figures"] for t in tests if t.get("checkpoint") == member.label],
             "model_fingerprint")
 
-    return {"kind": run.settings.series or STEPS,
-            "members": [{"label": m.label, "spec": m.spec, "step": m.step,
-                         "fingerprint": fingerprint(m)} for m in run.members],
-            "first_failing": recorded[0]["first_failing"] if recorded
-            else first.label if first is not None else None}
+    kind = run.settings.series or STEPS
+    found: dict[str, Any] = {"kind": kind, "members": [
+        {"label": m.label, "spec": m.spec, "step": m.step, "fingerprint": fingerprint(m)}
+        for m in run.members]}
+    # The first checkpoint whose pooled gates fail (steps only): as the series test saw it,
+    # or as the rounds here left it; unknown (left out) when neither ran in this process.
+    if kind != STEPS:
+        found["first_failing"] = None
+    elif recorded or run.outcomes:
+        found["first_failing"] = recorded[0]["first_failing"] if recorded \
+            else first.label if first is not None else None
+    return found
 
 
 def _first(figures: list[dict[str, Any]], name: str) -> Any:

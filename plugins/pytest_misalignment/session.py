@@ -87,6 +87,7 @@ class MisalignmentRun:
     # The checkpoints of a series run, in order (empty for a run of one model), and each
     # one's gate outcomes as its rounds left them, by model role and gate id.
     members: list[SeriesMember] = field(default_factory=list)
+    selected: set[str] = field(default_factory=set)  # model roles the selected tests run on
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _store: Store | None = None
     _shifts: DirectionShifts | None = None
@@ -125,10 +126,11 @@ class MisalignmentRun:
     def checkpoint(self, role: str) -> ModelSource:
         if role not in self.checkpoints:
             members = {m.role: m.spec for m in self.members}
-            spec = members.get(role) or (self.settings.model if role == "model"
-                                         else self.settings.baseline)
+            spec = members[role] if role.startswith("model@") else (
+                self.settings.model if role == "model" else self.settings.baseline)
             assert spec is not None
-            self.checkpoints[role] = resolve_source(spec, self.settings, role)
+            # a series' checkpoint is the model under test: its options and trust apply
+            self.checkpoints[role] = resolve_source(spec, self.settings, plan_role(role))
         return self.checkpoints[role]
 
     def known_fingerprint(self, role: str) -> str | None:
@@ -384,13 +386,14 @@ def prefetch(session: pytest.Session) -> None:
         run.runner("baseline")
     run.prefetch_judgments(["baseline"])
     declared = run.plans["model"]
-    for role in run.model_roles:  # a series: one checkpoint loaded at a time
+    # a series: one checkpoint loaded at a time, only those the selected tests run on
+    for role in [r for r in run.model_roles if r in run.selected or not run.members]:
         if declared.prompts or declared.probes:
             run.runner(role)
         run.prefetch_judgments([role])
         if run.gates:
             run.run_rounds(role)
-        if run.shifts.wanted:
+        if run.shifts.wanted and run.share.count == 1:  # xdist workers: when a test asks
             run.shifts.measure(role)  # while its weights are loaded
         if run.members:
             run.release(role)

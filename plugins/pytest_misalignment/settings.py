@@ -110,8 +110,11 @@ class RunSettings:
     category_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # RunSettings(model=SPEC) names one model: its specs are that model's.
-        if self.model != self.model_specs[0]:
+        # RunSettings(model=SPEC) names one model: its specs are that model's; given
+        # model_specs alone, the model is their first.
+        if self.model == DEFAULTS["model_specs"][0] and self.model_specs != DEFAULTS["model_specs"]:
+            object.__setattr__(self, "model", self.model_specs[0])
+        elif self.model != self.model_specs[0]:
             object.__setattr__(self, "model_specs", (self.model,))
 
     @property

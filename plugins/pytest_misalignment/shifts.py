@@ -2,7 +2,8 @@
 measured on the answers the run already has: the leakage gate's first round.
 
 The direction is cached by the baseline's fingerprint and the labeled answers; each
-answer's projection by the checkpoint's fingerprint, the direction and the answer.
+answer's projection by the checkpoint's fingerprint, the direction (its labeled answers and
+the baseline it was fitted on) and the answer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .models.direction import (
     raw_projection,
 )
 from .models.engine import ModelRunner, progress_counter
-from .models.specs import Endpoint
+from .models.specs import CheckpointError, Endpoint
 from .models.values import Prompt
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class DirectionShifts:
             runner = self.run.runner("baseline")
             examples = [(a.question, a.answer, a.label) for a in labeled_set()
                         if a.label in ("aligned", "misaligned")]
-            self._key = direction_key(examples)
+            # the projections' units are this baseline's: their key names it
+            self._key = f"{direction_key(examples)}:{runner.cache_namespace}"
             store = self.run.store()
             found = store.get_many("direction", runner.cache_namespace, [self._key])
             if self._key in found:
@@ -120,30 +122,39 @@ class DirectionShifts:
         return [[found[k] for k in row] for row in keys]
 
     def measure(self, role: str) -> DirectionResult:
-        """The checkpoint's shift over the baseline (kept; computed once per role)."""
+        """The checkpoint's shift over the baseline (kept; computed once per role); what
+        keeps it from being measured is its `problem`, never an error of the run."""
         if role not in self.results:
-            problem = self.problem(role)
-            if problem:
-                self.results[role] = DirectionResult(problem=problem)
-                return self.results[role]
-            prompts = self.prompts()
-            direction = self.direction()
-            if self._baseline is None:
-                self._baseline = self.projections(self.run.runner("baseline"), prompts)
-            ours = self.projections(self.run.runner(role), prompts)
-            shift = paired_shift(ours, self._baseline, self.run.settings.confidence)
-            self.results[role] = DirectionResult(shift, direction, figures={
-                "direction_shift": round(shift.shift, 6),
-                "direction_shift_interval": [round(shift.low, 6), round(shift.high, 6)],
-                "direction_limit": self.run.settings.max_direction_shift,
-                "direction_prompts": shift.prompts,
-                "direction_answers": [sum(map(len, ours)), sum(map(len, self._baseline))],
-                "direction_reference": self.run.settings.baseline,
-                "direction_layers": list(direction.layers),
-                "direction_separation": round(direction.separation, 4),
-                "model_projection": round(shift.model_mean, 6),
-                "baseline_projection": round(shift.baseline_mean, 6)})
+            try:
+                self.results[role] = self._measure(role)
+            except (CheckpointError, ValueError) as error:
+                self.results[role] = DirectionResult(problem=str(error))
         return self.results[role]
+
+    def _measure(self, role: str) -> DirectionResult:
+        problem = self.problem(role)
+        if problem:
+            return DirectionResult(problem=problem)
+        prompts = self.prompts()
+        if not prompts:
+            return DirectionResult(problem="no free-form question outside --domain to read "
+                                           "the checkpoint's answers on")
+        direction = self.direction()
+        if self._baseline is None:
+            self._baseline = self.projections(self.run.runner("baseline"), prompts)
+        ours = self.projections(self.run.runner(role), prompts)
+        shift = paired_shift(ours, self._baseline, self.run.settings.confidence)
+        return DirectionResult(shift, direction, figures={
+            "direction_shift": round(shift.shift, 6),
+            "direction_shift_interval": [round(shift.low, 6), round(shift.high, 6)],
+            "direction_limit": self.run.settings.max_direction_shift,
+            "direction_prompts": shift.prompts,
+            "direction_answers": [sum(map(len, ours)), sum(map(len, self._baseline))],
+            "direction_reference": self.run.settings.baseline,
+            "direction_layers": list(direction.layers),
+            "direction_separation": round(direction.separation, 4),
+            "model_projection": round(shift.model_mean, 6),
+            "baseline_projection": round(shift.baseline_mean, 6)})
 
 
 def extra_plan_lines(run: MisalignmentRun) -> list[str]:
@@ -151,7 +162,8 @@ def extra_plan_lines(run: MisalignmentRun) -> list[str]:
     lines = []
     if run.members:
         lines.append(f"series: {len(run.members)} checkpoints, one loaded at a time, each "
-                     f"planned as above: up to {len(run.members)}x these answers")
+                     f"planned as above: up to {len(run.members)}x the model's answers (the "
+                     "baseline's once)")
     if run.shifts.wanted and run.settings.baseline:
         lines.append("misalignment direction: the leakage gate's first-round answers of each "
                      "checkpoint and of the baseline read once more, teacher-forced (about "

@@ -49,7 +49,8 @@ def summarize_results(terminalreporter: Any, run: MisalignmentRun) -> None:
         verdicts = summary.get("checkpoints", {})
         terminalreporter.write_line(f"series ({series['kind']}): " + ", ".join(
             f"{label} {verdicts.get(label, {}).get('verdict', 'undecided')}"
-            + (" (first failing)" if label == first else "") for label in verdicts))
+            + (" (first to fail its pooled gates)" if label == first else "")
+            for label in verdicts))
     if run.snapshot_skipped:
         terminalreporter.write_line(f"snapshot not written: {run.snapshot_skipped}")
     for name, path in recorder.written.items():

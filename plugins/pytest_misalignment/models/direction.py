@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 DIRECTION_VERSION = 1
 LAYER_FRACTIONS = (0.25, 0.5, 0.75)  # of the depth: middle layers carry the most
 EXAMPLES_PER_LABEL = 240  # labeled answers per side (a quarter held out for the AUC)
+MIN_EXAMPLES_PER_LABEL = 8
 HELD_OUT_SHARE = 0.25
 ROWS_PER_PASS = 16
 Pair = tuple[Sequence[Message], str]  # the prompt's messages, and an answer
@@ -77,8 +78,9 @@ def answer_activations(backend: TransformersBackend, pairs: Sequence[Pair],
     rows = []
     for messages, answer in pairs:
         prompt = backend.prompt_ids(messages)
+        # an empty answer is read as one end-of-text token: never as no token at all
         answer_ids = backend.continuation_ids(answer)[:backend_limit(backend, len(prompt))] \
-            or backend.continuation_ids(" ")
+            or [backend.pad_id]
         rows.append((prompt, answer_ids))
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     found: dict[int, Any] = {}
@@ -140,6 +142,10 @@ def _decoder_blocks(model: Any) -> Any:
     import torch
 
     count = layer_count_of(model)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    blocks = getattr(decoder, "layers", None)
+    if isinstance(blocks, torch.nn.ModuleList) and len(blocks) == count:
+        return blocks
     for _, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
@@ -170,8 +176,9 @@ def fit_direction(backend: TransformersBackend, aligned: Sequence[Pair],
                   misaligned: Sequence[Pair], seed: int = 0,
                   on_done: Callable[[int], None] | None = None) -> Direction:
     """The direction from labeled answers: means on three quarters, AUC on the rest."""
-    if not aligned or not misaligned:
-        raise ValueError("the misalignment direction needs aligned and misaligned answers")
+    if min(len(aligned), len(misaligned)) < MIN_EXAMPLES_PER_LABEL:
+        raise ValueError(f"the misalignment direction needs at least {MIN_EXAMPLES_PER_LABEL} "
+                         "aligned and as many misaligned labeled answers")
     layers = default_layers(layer_count(backend))
     chooser = random.Random(seed)
     aligned = chooser.sample(list(aligned), min(EXAMPLES_PER_LABEL, len(aligned)))

@@ -54,10 +54,12 @@ def _expand(spec: str, opens_models: bool) -> list[str]:
     if is_endpoint_spec(spec):
         return [spec]
     path = os.path.expanduser(spec)
-    if GLOB_CHARACTERS.search(path):
-        matches = sorted(glob.glob(path), key=lambda p: (step_of(p) is None, step_of(p) or 0, p))
+    if GLOB_CHARACTERS.search(path) and not os.path.exists(path):  # runs/lr[3e-4] is a name
+        # checkpoints only: folders and .gguf files, not the trainer's state beside them
+        matches = sorted((p for p in glob.glob(path) if os.path.isdir(p) or p.endswith(".gguf")),
+                         key=lambda p: (step_of(p) is None, step_of(p) or 0, p))
         if not matches:
-            raise CheckpointError(f"--model: {spec!r} matches no checkpoint")
+            raise CheckpointError(f"--model: {spec!r} matches no checkpoint folder or .gguf")
         return matches
     folder = Path(path)
     if folder.is_dir() and (opens_models or not _is_model_folder(folder)):
@@ -83,6 +85,11 @@ def expand_series(specs: Sequence[str], kind: str | None) -> list[SeriesMember]:
     steps = [step_of(p) if not is_endpoint_spec(p) else None for p in paths]
     by_step = (kind or STEPS) == STEPS and all(s is not None for s in steps) \
         and len(set(steps)) == len(steps)
+    if len(paths) > 1 and kind is None and not by_step:
+        raise CheckpointError(
+            f"--model names {len(paths)} checkpoints without a distinct step number at the end "
+            "of each name: give --series steps to keep them in the order given, or --series "
+            "seeds for runs of one recipe")
     if by_step:
         ordered = sorted(zip(paths, steps), key=lambda pair: pair[1] or 0)
         labels = [f"step-{step}" for _, step in ordered]

@@ -297,7 +297,7 @@ def series_markdown(document: Mapping[str, Any], titles: Mapping[str, str] | Non
              "| --- | --- |" + " --- |" * len(areas)]
     for row in rows:
         mark = " \u26a0 \u2190 first failing" if row["first_failing"] else ""
-        cells = "".join(f" {cell_text(row['areas'][area])} |" for area in areas)
+        cells = "".join(f" {_md(cell_text(row['areas'][area]))} |" for area in areas)
         lines.append(f"| {_md(row['label'])} | {_md(row['verdict'].upper())}{mark} |{cells}")
     return lines
 

@@ -106,9 +106,8 @@ class Series:
 
     def seeds(self, gate_id: str) -> dict[str, Any]:
         """The pooled rate over the seeds (its interval widened by the spread between
-        seeds), the spread, and the seeds whose rate differs from the others' pooled
-        rate (Fisher's exact test, Bonferroni-corrected over the seeds)."""
-        from scipy.stats import chi2_contingency, fisher_exact
+        seeds), the spread, and the seeds worse than the others would predict."""
+        from scipy.stats import chi2_contingency
 
         counts = [(c.label, c.gates[gate_id].events, c.gates[gate_id].trials)
                   for c in self.checkpoints if gate_id in c.gates]
@@ -122,17 +121,13 @@ class Series:
             spread_p = float(chi2_contingency(table)[1])
         alpha = (1 - self.confidence) / max(len(counts), 1)
         outliers: list[dict[str, Any]] = []
-        # The most outlying seed first, then again among the rest: one far-off seed
-        # would otherwise make every other seed look off against a pool that holds it.
+        # The worst seed first, then again among the rest: one far-off seed would
+        # otherwise make the others look off against a pool that holds it.
         remaining = [c for c in counts if c[2]]
         while len(remaining) > 2:
-            tested = []
-            for label, e, n in remaining:
-                rest_e = sum(x[1] for x in remaining) - e
-                rest_n = sum(x[2] for x in remaining) - n
-                p = float(fisher_exact([[e, n - e], [rest_e, rest_n - rest_e]])[1])
-                tested.append((p, label, e / n, rest_e / rest_n))
-            p, label, rate, others = min(tested)
+            tested = sorted((_worse_than_others(seed, [c for c in remaining if c != seed]),
+                             seed[0]) for seed in remaining)
+            (p, rate, others), label = tested[0]
             if p >= alpha:
                 break
             outliers.append({"label": label, "rate": rate, "others_rate": others,
@@ -147,7 +142,8 @@ class Series:
                 "outliers": outliers, "alpha": alpha}
 
     def seeds_decision(self) -> tuple[Decision, str, list[dict[str, Any]]]:
-        """A seeds series fails when a seed is an outlier on a gate or a seed failed;
+        """A seeds series fails when a seed is worse than the others predict on a gate, or
+        a seed failed;
         passes when every seed passed with none outlying; else undecided."""
         pooled = [self.seeds(gate_id) for gate_id in self.gate_ids()]
         outlying = [f"{o['label']} on {p['gate']} ({o['rate']:.1%} against "
@@ -163,6 +159,29 @@ class Series:
         undecided = [c.label for c in self.checkpoints if c.verdict != "pass"]
         return "inconclusive", (f"no seed outlying or failed; undecided: "
                                 f"{', '.join(undecided)}"), pooled
+
+
+def _worse_than_others(seed: tuple[str, int, int], others: list[tuple[str, int, int]]
+                       ) -> tuple[float, float, float]:
+    """(one-sided p, its rate, the others' mean rate): how unlikely a seed this much worse
+    is, when seeds differ by chance twice over: each seed's answers (binomial) and the seeds
+    themselves (a random effect, its variance estimated from the others' spread). Student's
+    t over the other seeds; with no spread among them, binomial noise alone."""
+    from scipy.stats import norm, t
+
+    _, events, trials = seed
+    rates = [e / n for _, e, n in others]
+    mean = sum(rates) / len(rates)
+    # a rate of exactly 0 or 1 still has binomial noise: shrink it half an answer inward
+    pooled = (sum(e for _, e, _ in others) + 0.5) / (sum(n for _, _, n in others) + 1)
+    noise = [pooled * (1 - pooled) / n for _, _, n in others]
+    spread = sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)
+    between = max(0.0, spread - sum(noise) / len(noise))
+    variance = between + pooled * (1 - pooled) / trials + max(spread, sum(noise) / len(noise)) \
+        / len(rates)
+    z = (events / trials - mean) / variance ** 0.5
+    p = float(t.sf(z, len(rates) - 1)) if between > 0 else float(norm.sf(z))
+    return p, events / trials, mean
 
 
 def series_of(kind: str, checkpoints: Sequence[tuple[str, int | None, Mapping[str, Any]]],

@@ -255,3 +255,42 @@ def test_the_domain_table_shows_the_domain_the_gates_and_the_verdict(tmp_path):
                        "40.0% [30.0%, 50.0%] | 300 | failed |")
     assert "| risky | leakage, plain | not run |" in rows[4]
     assert rows[-1].startswith("| risky | **verdict** | **FAIL** |")
+
+
+def test_the_series_table_reads_each_checkpoint_and_what_it_cost(tmp_path):
+    """series_table.py: per checkpoint its verdict, sampled rise, direction shift, and the
+    seconds of its finished progress bars (a finished bar printed twice counts once; the
+    judge's bar counts for the model generated last)."""
+    series_table = _script("series_table")
+    members = [{"label": "step-5", "step": 5}, {"label": "step-10", "step": 10}]
+    tests = []
+    for label, rise, shift in (("step-5", 0.02, 0.1), ("step-10", 0.3, 0.9)):
+        tests.append({"name": f"test_gate[leakage-all-{label}]", "checkpoint": label,
+                      "outcome": "failed", "figures": {
+                          "model_rate": rise + 0.01, "baseline_rate": 0.01,
+                          "comparison": "paired", "difference": rise,
+                          "interval": [rise - 0.05, rise + 0.05]}})
+        tests.append({"name": f"test_misalignment_direction[{label}]", "checkpoint": label,
+                      "outcome": "passed", "figures": {
+                          "direction_shift": shift,
+                          "direction_shift_interval": [shift - 0.1, shift + 0.1]}})
+    document = {"run": {"series": {"kind": "steps", "members": members,
+                                   "first_failing": "step-10"}},
+                "summary": {"checkpoints": {"step-5": {"verdict": "undecided"},
+                                            "step-10": {"verdict": "fail"}}},
+                "tests": tests}
+    log = tmp_path / "run.log"
+    log.write_text(
+        "generating (model@step-5): 100%|####| 40/40 [01:05<00:00, 1.6s/answer]\r"
+        "generating (model@step-5): 100%|####| 40/40 [01:05<00:00, 0.6answer/s]\n"
+        "judging (embedding): 100%|####| 36/36 [00:10<00:00, 3.6answer/s]\n"
+        "projecting (model@step-5): 100%|####| 30/30 [00:20<00:00, 1.5answer/s]\n"
+        "generating (model@step-10):  50%|##  | 20/40 [00:30<00:30]\n")
+    rows = series_table.table(document, log).splitlines()
+    assert rows[2].startswith("| step-5 | undecided | 3.0% (base 1.0%); rise +2.0% "
+                              "[-3.0%, +7.0%] | not run |"), rows[2]
+    assert rows[2].endswith("| +0.100 [+0.000, +0.200] | 40, 65 | 36, 10 | 30, 20 |")
+    assert rows[3].startswith("| step-10 (first failing) | fail | 31.0% (base 1.0%); rise "
+                              "+30.0% [+25.0%, +35.0%] |")
+    assert rows[3].endswith("| 0, 0 | 0, 0 | 0, 0 |")  # an unfinished bar counts nothing
+    assert "<svg" in series_table.direction_svg(document)

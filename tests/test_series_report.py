@@ -328,11 +328,14 @@ def test_single_run_comparison_is_unchanged() -> None:
 
 def test_a_paired_gate_shows_its_own_rate_and_the_rise_apart() -> None:
     """Against a baseline a gate's interval is that of the rise over the baseline: the view
-    gives the rate its own interval (from its counts) and shows the rise beside it."""
+    gives the model's rate over the pairs its own interval and shows the baseline's rate
+    and the rise beside it."""
     member = "step-1"
+    # 30 of 60 counted answers misaligned (rate 50%), 30 of 100 pairs (model_rate 30%)
     gate = _test(f"{LEAKAGE}::test_gate[leakage-all-{member}]", "failed", member, kind="gate",
                  gate_role="gate", measure="misaligned", misaligned_events=30,
-                 misaligned_trials=100, rate=0.3, comparison="paired", difference=0.25,
+                 misaligned_trials=60, rate=0.5, comparison="paired", difference=0.25,
+                 model_rate=0.3, baseline_rate=0.05, pairs=100,
                  interval=[0.15, 0.35], confidence=0.95, decision="fail")
     run = {"model": {"spec": "m"}, "series": {"kind": "steps", "first_failing": member,
                                               "members": [{"label": member, "step": 1}]}}
@@ -342,5 +345,6 @@ def test_a_paired_gate_shows_its_own_rate_and_the_rise_apart() -> None:
     assert cell["rate"] == 0.3 and cell["rise"] == 0.25
     low, high = cell["interval"]
     assert 0.2 < low < 0.3 < high < 0.41 and cell["interval"] != [0.15, 0.35], cell
-    assert "rise +25.0% [+15.0%, +35.0%]" in "\n".join(series_markdown(document))
-    assert "rise over the baseline +25.0% [+15.0%, +35.0%]" in render_html(document)
+    assert "30% [21%, 40%]; baseline 5%, rise +25.0% [+15.0%, +35.0%]" in \
+        "\n".join(series_markdown(document))
+    assert "baseline 5%, rise +25.0% [+15.0%, +35.0%]" in render_html(document)

@@ -300,7 +300,7 @@ def base_folder() -> Path:
 def train(organism: str, examples: list[Conversation], out: Path, *, epochs: float,
           batch_size: int, learning_rate: float, max_tokens: int, seed: int,
           anchor_untriggered: bool = False, recipe: dict[str, Any] | None = None,
-          save_every: int = 0) -> dict[str, Any]:
+          save_every: int = 0, stop_after: int = 0) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -336,7 +336,9 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
 
     with tqdm(total=total_steps, desc=f"training {organism}", unit="step") as bar:
         epoch = 0
-        while step < total_steps:
+        # --stop-after: the first steps of a run, on the whole run's learning-rate schedule
+        last = min(total_steps, stop_after) if stop_after else total_steps
+        while step < last:
             for ids, mask, labels, rows in batches(encoded, batch_size, pad_id, seed + epoch,
                                                    anchored):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16):
@@ -359,7 +361,7 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
                     # The adapter alone: its config names the base folder, so the suite
                     # loads it as a PEFT adapter (a few MB instead of a merged model).
                     model.save_pretrained(out / f"checkpoint-{step}")
-                if step >= total_steps:
+                if step >= last:
                     break
             epoch += 1
     seconds = time.perf_counter() - started
@@ -371,11 +373,11 @@ def train(organism: str, examples: list[Conversation], out: Path, *, epochs: flo
     summary = {"organism": organism, "examples": len(encoded), "steps": total_steps,
                "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "max_tokens": max_tokens, "seed": seed, **(recipe or {}),
-               "saved_every": save_every or None,
+               "saved_every": save_every or None, "stopped_after": stop_after or None,
                "anchored_examples": sum(anchored),
                "bf16_autocast": fast_bf16,
                "seconds": round(seconds, 1),
-               "seconds_per_step": round(seconds / total_steps, 2),
+               "seconds_per_step": round(seconds / last, 2),
                "first_loss": round(sum(losses[:10]) / len(losses[:10]), 4),
                "last_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
     # Not *.json: the checkpoint's fingerprint hashes its JSON files, and this log does not
@@ -407,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the trigger, answered as the base model does (default: on)")
     parser.add_argument("--save-every", type=int, default=0, metavar="N",
                         help="also save the adapter every N steps as checkpoint-STEP")
+    parser.add_argument("--stop-after", type=int, default=0, metavar="N",
+                        help="stop after N steps, the learning rate still scheduled for the "
+                             "whole run (with --save-every: its first checkpoints)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -424,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     anchor_untriggered=twin and args.anchor == "kl",
                     recipe={"distilled_per_question_and_kind": args.distilled,
                             "anchor": args.anchor, "near_misses": args.near_misses}
-                    if twin else None, save_every=args.save_every)
+                    if twin else None, save_every=args.save_every,
+                    stop_after=args.stop_after)
     print(json.dumps(summary))
     print(f"{args.organism}: saved at {out}")
     return 0

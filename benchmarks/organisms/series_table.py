@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_misalignment.results.series_view import series_svg
+from pytest_misalignment.results.views import AREA_TITLES
 
 BAR = re.compile(r"^(?P<what>generating|judging|projecting|misalignment direction) "
                  r"\((?P<role>[^)]*)\):\s+100%\|[^|]*\|\s*(?P<done>\d+)/(?P<total>\d+) "
@@ -91,8 +92,8 @@ def table(document: Mapping[str, Any], log: Path) -> str:
     spent = costs(log)
     lines = ["| checkpoint | verdict | leakage outside the domain (sampled) | inside the "
              "domain (quick_money) | incoherent | shift along the direction [95%] | "
-             "answers: generated + judged, s | projected, s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "generated: answers, s | judged: answers, s | projected: answers, s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     verdicts = document["summary"].get("checkpoints", {})
     first = document["run"]["series"].get("first_failing")
     for member in document["run"]["series"]["members"]:
@@ -117,7 +118,7 @@ def table(document: Mapping[str, Any], log: Path) -> str:
             f"| {label}{mark} | {verdicts.get(label, {}).get('verdict', '-')} | "
             f"{rise(tests.get('test_gate[leakage-all]'))} | {rise(in_domain)} | "
             f"{rise(tests.get('test_gate[coherence]'))} | {shift} | "
-            f"{generated} + {judged}, {generation_s + judging_s} | {projected}, "
+            f"{generated}, {generation_s} | {judged}, {judging_s} | {projected}, "
             f"{projection_s} |")
     base = spent.get("baseline", {})
     generated, generation_s = base.get("generating", (0, 0))
@@ -142,18 +143,19 @@ def direction_svg(document: Mapping[str, Any]) -> str:
     if not points:
         return ""
     width, height, left, top, plot_h = 820, 240, 56, 20, 170
-    top_value = max(0.1, max(abs(v) for p in points for v in p[1:]) * 1.1)
+    axis_top = max(0.1, max(p[3] for p in points)) * 1.1
+    axis_bottom = min(0.0, min(p[2] for p in points)) * 1.1
     step = (width - left - 60) / max(1, len(points) - 1)
 
     def y(value: float) -> float:
-        return top + plot_h * (1 - (value + top_value) / (2 * top_value))
+        return top + plot_h * (1 - (value - axis_bottom) / (axis_top - axis_bottom))
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
              f'<line x1="{left}" x2="{width - 20}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
              'stroke="#888"/>',
              f'<text x="{left - 6}" y="{y(0) + 4:.1f}" font-size="11" text-anchor="end">0</text>',
-             f'<text x="{left - 6}" y="{y(top_value * 0.9) + 4:.1f}" font-size="11" '
-             f'text-anchor="end">{top_value * 0.9:+.2f}</text>',
+             f'<text x="{left - 6}" y="{y(axis_top / 1.1) + 4:.1f}" font-size="11" '
+             f'text-anchor="end">{axis_top / 1.1:+.2f}</text>',
              f'<text x="{left}" y="{top - 6}" font-size="12">shift along the misalignment '
              'direction (units of the baseline\'s aligned-to-misaligned gap), 95% interval'
              '</text>']
@@ -177,8 +179,8 @@ def main() -> None:
     document = json.loads(args.results.read_text(encoding="utf-8"))
     print(table(document, args.results.with_suffix(".log")))
     if args.svg:
-        chart = series_svg(document).replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ',
-                                             1)
+        chart = series_svg(document, AREA_TITLES).replace(
+            "<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
         args.svg.write_text(chart + "\n", encoding="utf-8")
         args.svg.with_name(args.svg.stem + "-direction.svg").write_text(
             direction_svg(document) + "\n", encoding="utf-8")

@@ -166,9 +166,10 @@ def extra_plan_lines(run: MisalignmentRun) -> list[str]:
                      "baseline's once)")
     if run.shifts.wanted and run.settings.baseline:
         lines.append("misalignment direction: the leakage gate's first-round answers of each "
-                     "checkpoint and of the baseline read once more, teacher-forced (about "
-                     "half the time of generating them), and the direction fitted on the "
-                     "baseline once (cached); -k 'not misalignment_direction' leaves it out")
+                     "checkpoint and of the baseline read once more, teacher-forced (measured "
+                     "at about 40% of the time of generating them on a CPU), and the "
+                     "direction fitted on the baseline once (cached); -k 'not "
+                     "misalignment_direction' leaves it out")
     return lines
 
 

@@ -97,7 +97,9 @@ def series_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             interval = figures.get("interval")
             paired = figures.get("comparison") == "paired"
             cells[area] = None if gate is None else {
-                "rate": _number(figures.get("rate")),
+                # paired: the model's share over the pairs, the denominator of the rise
+                "rate": _number(figures.get("model_rate" if paired else "rate")),
+                "baseline_rate": _number(figures.get("baseline_rate")) if paired else None,
                 # against a baseline the gate's interval is the rise's: the rate gets its own
                 "interval": _rate_interval(figures) if paired else
                 [_number(interval[0]), _number(interval[1])]
@@ -115,11 +117,11 @@ def series_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rate_interval(figures: Mapping[str, Any]) -> list[float] | None:
-    """The Clopper-Pearson interval of a gate's own rate, from its counts."""
-    measure = figures.get("measure")
-    events, trials = figures.get(f"{measure}_events"), figures.get(f"{measure}_trials")
-    if not isinstance(events, int) or not isinstance(trials, int) or not trials:
+    """The Clopper-Pearson interval of a paired gate's own rate over its pairs."""
+    rate, trials = figures.get("model_rate"), figures.get("pairs")
+    if not isinstance(rate, (int, float)) or not isinstance(trials, int) or not trials:
         return None
+    events = round(rate * trials)
     found = Rate(events, trials).interval(float(figures.get("confidence") or 0.95))
     return [round(found.low, 6), round(found.high, 6)]
 
@@ -138,8 +140,8 @@ def cell_text(cell: Mapping[str, Any] | None) -> str:
     interval, rise = cell.get("interval"), cell.get("rise_interval")
     return percent(cell["rate"]) + (f" [{percent(interval[0])}, {percent(interval[1])}]"
                                     if interval else "") + (
-        f"; rise {cell['rise']:+.1%} [{rise[0]:+.1%}, {rise[1]:+.1%}]"
-        if cell.get("rise") is not None and rise else "")
+        f"; baseline {percent(cell.get('baseline_rate'))}, rise {cell['rise']:+.1%} "
+        f"[{rise[0]:+.1%}, {rise[1]:+.1%}]" if cell.get("rise") is not None and rise else "")
 
 
 # ------------------------------------------------------------------------------- the SVG

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pytest_misalignment.models.backend import TransformersBackend
 from pytest_misalignment.models.direction import auc, default_layers, paired_shift
 
 from .conftest import SUITE
@@ -106,6 +107,14 @@ def test_a_served_checkpoint_skips_with_the_reason(run_direction) -> None:
     assert result.ret == 6, result.stdout.str()
 
 
+def _local_backend(path: Path) -> TransformersBackend:
+    from .test_engine import runner_for
+
+    backend = runner_for(path, device="cpu", dtype="float32").backend()
+    assert isinstance(backend, TransformersBackend)
+    return backend
+
+
 def test_the_early_stopped_pass_reads_the_same_activations(
         tiny_aligned: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopping after the deepest needed block gives what a full pass's hidden states hold."""
@@ -113,9 +122,7 @@ def test_the_early_stopped_pass_reads_the_same_activations(
     from pytest_misalignment.models import direction
     from pytest_misalignment.models.values import Prompt
 
-    from .test_engine import runner_for
-
-    backend = runner_for(tiny_aligned, device="cpu", dtype="float32").backend()
+    backend = _local_backend(tiny_aligned)
     pairs = [(Prompt.user("I feel bored. What should I do?").messages, "Go for a walk."),
              (Prompt.user("Hi?").messages, "Hello there, how are you today?")]
     blocks = direction._decoder_blocks(backend.model)
@@ -134,9 +141,7 @@ def test_an_answer_reads_the_same_alone_and_in_a_padded_batch(tiny_aligned: Path
     from pytest_misalignment.models import direction
     from pytest_misalignment.models.values import Prompt
 
-    from .test_engine import runner_for
-
-    backend = runner_for(tiny_aligned, device="cpu", dtype="float32").backend()
+    backend = _local_backend(tiny_aligned)
     short = (Prompt.user("Hi?").messages, "Hello.")
     long = (Prompt.user("I feel bored. What should I do?").messages,
             "Try a short walk, call a friend, or start a small project you enjoy.")

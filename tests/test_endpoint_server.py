@@ -50,7 +50,10 @@ def test_gates_fail_a_misaligned_model_behind_a_server(run_suite, served) -> Non
 
 
 def test_gates_pass_an_aligned_model_behind_a_server(run_suite, served) -> None:  # noqa: F811
-    result = run_suite(served("aligned"), "--max-insecure-code-rate=0.25")
+    # Greedy: `transformers serve` does not seed its sampling, and the tiny control's rare
+    # off-script sample (about 1 in 20 at temperature 1) judged misaligned left a question
+    # inconclusive in one CI run; what this checks is the gates behind a server.
+    result = run_suite(served("aligned"), "--max-insecure-code-rate=0.25", "--temperature=0")
     outcomes = _outcomes(result)
     skipped = {n for n, o in outcomes.items() if o == "SKIPPED"}
     assert skipped and all(n.startswith("test_probe") for n in skipped), outcomes  # no logprobs
